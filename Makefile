@@ -1,0 +1,55 @@
+# llmpath: `make tour` and `make test` are all a learner needs on a fresh machine.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A CPU build of torch, installed before the project so that pip never pulls a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+PRESET ?= small
+PYTEST_ARGS ?=
+TOUR_ARGS ?=
+
+.PHONY: tour test install dev bench clean help
+
+help:
+	@echo "make tour    create .venv, install, run every tutorial (preset $(PRESET)), write runs/tour/report.*"
+	@echo "make test    same venv plus dev deps, run pytest"
+	@echo "make install create .venv and install llmpath"
+	@echo "make bench   run the speed benchmarks in benchmarks/"
+	@echo "make clean   remove .venv, runs/ and caches"
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# torch first; skipped when the venv already has torch >= 2.2 (a GPU build you installed stays).
+$(VENV)/.torch: | $(BIN)/python
+	@if $(BIN)/python -c "import sys, torch; v = tuple(int(x) for x in torch.__version__.split('+')[0].split('.')[:2]); sys.exit(v < (2, 2))" 2>/dev/null; then \
+		echo "torch >= 2.2 already in $(VENV): skipping $(TORCH_SPEC)"; \
+	else \
+		$(BIN)/python -m pip install "$(TORCH_SPEC)"; \
+	fi
+	@touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch
+	$(BIN)/python -m pip install -e .
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install -e ".[dev]"
+	@touch $@
+
+install: $(VENV)/.installed
+
+dev: $(VENV)/.installed-dev
+
+tour: $(VENV)/.installed
+	$(BIN)/llmpath tour --yes --preset=$(PRESET) $(TOUR_ARGS)
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-dev
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis build dist src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

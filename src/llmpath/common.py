@@ -1,0 +1,105 @@
+"""Device selection, seeding, threads, logging and run folders: shared by every topic."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from llmpath.config import ConfigError, save_config
+
+log = logging.getLogger("llmpath")
+
+
+def get_device(name: str = "auto") -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; an asked-for device that is absent is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device={name} but this torch sees no CUDA GPU (torch {torch.__version__}); use --device=cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("--device=mps but MPS is not available here; use --device=cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{name}'; choose one of: auto, cpu, cuda, cuda:N, mps") from None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def set_threads(n: int) -> None:
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    if not log.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(h)
+    log.setLevel(level)
+    log.propagate = False
+
+
+def prepare_run(cfg: Any, topic: str) -> tuple[Path, torch.device]:
+    """Seed, threads, device and run folder for a config; writes <run>/config.json."""
+    setup_logging()
+    seed_everything(cfg.seed)
+    set_threads(cfg.threads)
+    device = get_device(cfg.device)
+    run = run_dir(cfg, topic)
+    save_config(cfg, run / "config.json")
+    return run, device
+
+
+def run_dir(cfg: Any, topic: str) -> Path:
+    """<out>/<topic>/<name>/, created, with a figures/ folder."""
+    path = Path(cfg.out) / topic / (cfg.name or cfg.preset or "default")
+    try:
+        (path / "figures").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create run folder {path}: {e.strerror}; choose another with --out") from None
+    return path
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def count_params(model: torch.nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move tensors in a (nested) tuple/list/dict batch to a device."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch

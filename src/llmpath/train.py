@@ -1,0 +1,326 @@
+"""The one fit loop every topic uses (unless its lesson is the loop itself).
+
+    fit(model, loss_fn, batches, cfg, run_dir=run, evaluate=evaluate)
+
+- `loss_fn(model, batch) -> scalar loss`: the objective lives beside its model.
+- `batches(i) -> batch`: micro-batch i is a pure function of i (see llmpath.data.batching), so a
+  resumed run sees exactly the batches the uninterrupted run would have seen.
+- `evaluate(model) -> {"val_loss": ..., ...}`: run under eval() and no_grad at every eval_interval.
+
+It does AdamW (no decay on biases, norms and, unless asked, embeddings), warmup + cosine/linear/
+noam schedules, gradient clipping and accumulation, metrics.jsonl, atomic checkpoints `last.pt`
+and `best.pt` with model, optimizer, schedule step, RNG states and config, exact resume, a clear
+stop on a NaN/inf loss, and a checkpoint on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from llmpath.common import log, to_device
+from llmpath.config import TrainConfig, to_dict
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the message says where and what to try."""
+
+
+@dataclass
+class FitResult:
+    step: int
+    train_loss: float
+    best: float | None
+    evals: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    run_dir: Path | None = None
+
+    @property
+    def last_eval(self) -> dict:
+        return self.evals[-1] if self.evals else {}
+
+
+# ------------------------------------------------------------------------ schedule
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based): warmup, then the chosen decay."""
+    warm = max(cfg.warmup_steps, 0)
+    if cfg.schedule == "noam":
+        # Vaswani et al.: rises linearly for `warm` steps, then decays as 1/sqrt(step); peak = lr.
+        s, w = step + 1, max(warm, 1)
+        return cfg.lr * min(s ** -0.5, s * w ** -1.5) * w ** 0.5
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = min(1.0, (step - warm) / max(1, cfg.max_steps - warm))
+    floor = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "linear":
+        return cfg.lr - (cfg.lr - floor) * progress
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------- optimizer
+
+def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool = False) -> list[dict]:
+    """Decay matrices; never biases or norm gains (1-D); embeddings only if asked."""
+    embed_ids = set()
+    if not decay_embeddings:
+        for m in model.modules():
+            if isinstance(m, nn.Embedding):
+                embed_ids.add(id(m.weight))
+    decay, no_decay, seen = [], [], set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue  # tied weights appear once
+        seen.add(id(p))
+        (decay if p.dim() >= 2 and id(p) not in embed_ids else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.decay_embeddings),
+                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+# --------------------------------------------------------------------- checkpoints
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937", "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(obj: dict, path: str | Path) -> None:
+    """torch.save to a temp file, then rename: a crash never leaves a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint with weights_only=True (no arbitrary code runs)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}; train first (`llmpath <topic> train`)")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under torch.compile / DDP wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+def load_weights(model: nn.Module, path: str | Path, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint's model weights into `model`; returns the whole checkpoint dict."""
+    ckpt = load_checkpoint(path, map_location)
+    unwrap(model).load_state_dict(ckpt["model"])
+    return ckpt
+
+
+# ------------------------------------------------------------------------ fit loop
+
+def _autocast(device: torch.device, amp: str):
+    if device.type != "cuda" or amp == "off":
+        return contextlib.nullcontext()  # fp32 on CPU: bf16 matmuls are far slower there
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def _count(batch: Any, unit: str) -> int:
+    first = batch
+    while isinstance(first, (list, tuple)):
+        first = first[0]
+    if isinstance(first, dict):
+        first = next(iter(first.values()))
+    if not isinstance(first, torch.Tensor):
+        return 0
+    return first.numel() if unit == "tokens" else first.shape[0]
+
+
+def evaluate_model(model: nn.Module, evaluate: Callable[[nn.Module], dict]) -> dict:
+    """Run `evaluate` in eval mode without gradients, leaving the RNG streams untouched."""
+    was_training = model.training
+    model.eval()
+    state = _rng_state()
+    try:
+        with torch.no_grad():
+            return {k: float(v) for k, v in evaluate(model).items()}
+    finally:
+        _set_rng_state(state)
+        model.train(was_training)
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+    batches: Callable[[int], Any],
+    cfg: TrainConfig,
+    *,
+    run_dir: str | Path | None = None,
+    evaluate: Callable[[nn.Module], dict] | None = None,
+    device: torch.device | str = "cpu",
+    unit: str = "samples",
+    config: Any = None,
+    best_metric: str = "val_loss",
+    best_mode: str = "min",
+    optimizer: torch.optim.Optimizer | None = None,
+) -> FitResult:
+    """Train `model` for cfg.max_steps optimizer steps; see the module docstring."""
+    device = torch.device(device)
+    model.to(device)
+    opt = optimizer or make_optimizer(model, cfg)
+    run = Path(run_dir) if run_dir is not None else None
+    ckpt_dir = run / "ckpt" if run else None
+    metrics_path = run / "metrics.jsonl" if run else None
+    config_dict = to_dict(config) if config is not None and not isinstance(config, dict) else config
+    step, best = 0, None
+    if run is not None:
+        run.mkdir(parents=True, exist_ok=True)
+
+    if cfg.resume and ckpt_dir is not None and (ckpt_dir / "last.pt").exists():
+        ckpt = load_checkpoint(ckpt_dir / "last.pt", map_location=device)
+        unwrap(model).load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step, best = ckpt["step"], ckpt.get("best")
+        _set_rng_state(ckpt["rng"])
+        log.info(f"resumed from {ckpt_dir / 'last.pt'} at step {step}")
+        if metrics_path is not None and metrics_path.exists():
+            _truncate_metrics(metrics_path, step)
+    elif metrics_path is not None:
+        metrics_path.write_text("")
+
+    def checkpoint(name: str) -> None:
+        if ckpt_dir is None:
+            return
+        save_checkpoint({"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
+                         "scheduler": {"step": step, "schedule": cfg.schedule}, "step": step, "best": best,
+                         "rng": _rng_state(), "config": config_dict}, ckpt_dir / f"{name}.pt")
+
+    def record(row: dict) -> None:
+        if metrics_path is not None:
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+    train_model = torch.compile(model) if cfg.compile else model
+    end = min(cfg.max_steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.max_steps
+    evals: list[dict] = []
+    loss_ema, units, t_start, t_last = None, 0, time.time(), time.time()
+    bar = _progress(cfg, end, step)
+    model.train()
+    try:
+        while step < end:
+            lr = lr_at(step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            total = 0.0
+            for micro in range(cfg.grad_accum):
+                batch = to_device(batches(step * cfg.grad_accum + micro), device)
+                units += _count(batch, unit)
+                with _autocast(device, cfg.amp):
+                    loss = loss_fn(train_model, batch)
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"loss became {loss.item()} at step {step + 1}; lower --train.lr "
+                                        f"(now {cfg.lr:g}) or keep --train.grad_clip on; nothing was saved for this step")
+                (loss / cfg.grad_accum).backward()
+                total += loss.item() / cfg.grad_accum
+            grad_norm = None
+            if cfg.grad_clip > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            loss_ema = total if loss_ema is None else 0.9 * loss_ema + 0.1 * total
+            now = time.time()
+            speed = units / max(now - t_last, 1e-9)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_ema:.4f}", lr=f"{lr:.2e}", **{f"{unit[:3]}/s": f"{speed:,.0f}"})
+            if step % max(cfg.log_interval, 1) == 0 or step == end:
+                record({"step": step, "train_loss": total, "lr": lr, "grad_norm": grad_norm,
+                        f"{unit}_per_s": speed, "time": now - t_start})
+                units, t_last = 0, now
+            is_eval = evaluate is not None and (step == end or (cfg.eval_interval > 0 and step % cfg.eval_interval == 0))
+            if is_eval:
+                ev = {"step": step, **evaluate_model(model, evaluate)}
+                evals.append(ev)
+                record(ev)
+                if bar is not None:
+                    bar.write("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.items()))
+                val = ev.get(best_metric)
+                if val is not None and (best is None or (val < best if best_mode == "min" else val > best)):
+                    best = val
+                    checkpoint("best")
+            if is_eval or step == end or (cfg.ckpt_interval > 0 and step % cfg.ckpt_interval == 0):
+                checkpoint("last")
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        checkpoint("last")
+        log.info(f"\ninterrupted at step {step}; checkpoint saved"
+                 + (f" to {ckpt_dir / 'last.pt'}; continue with --train.resume" if ckpt_dir else ""))
+        raise
+    if bar is not None:
+        bar.close()
+    if evaluate is not None and best is None and ckpt_dir is not None:
+        checkpoint("best")  # the metric was absent: keep the final weights as "best"
+    return FitResult(step=step, train_loss=float(loss_ema if loss_ema is not None else float("nan")), best=best,
+                     evals=evals, seconds=time.time() - t_start, run_dir=run)
+
+
+def _progress(cfg: TrainConfig, total: int, initial: int):
+    if not cfg.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, leave=False)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines written after the checkpoint we resume from."""
+    rows = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Rows of a metrics.jsonl file."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

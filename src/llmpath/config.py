@@ -201,8 +201,15 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
 
 # --------------------------------------------------------------------- command line
 
-def split_argv(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """['--a=1', '--b', '2', '--flag', 'x'] -> ({'a': '1', 'b': '2', 'flag': 'true'}, ['x'])"""
+_BOOL_WORDS = {"1", "0", "true", "false", "yes", "no", "on", "off"}
+
+
+def split_argv(argv: list[str], is_flag=lambda key: False) -> tuple[dict[str, str], list[str]]:
+    """['--a=1', '--b', '2', '--flag', 'x'] -> ({'a': '1', 'b': '2', 'flag': 'true'}, ['x'])
+
+    `--key value` takes the next token as the value unless `is_flag(key)` says the key is a
+    boolean and the token is not a boolean word (then it stays positional).
+    """
     opts: dict[str, str] = {}
     positional: list[str] = []
     i = 0
@@ -212,7 +219,8 @@ def split_argv(argv: list[str]) -> tuple[dict[str, str], list[str]]:
             body = tok[2:]
             if "=" in body:
                 k, v = body.split("=", 1)
-            elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("--") and (
+                    not is_flag(body.replace("-", "_")) or argv[i + 1].lower() in _BOOL_WORDS):
                 k, v = body, argv[i + 1]
                 i += 1
             elif body.startswith("no-") or body.startswith("no_"):
@@ -230,7 +238,15 @@ def build_config(cls: type, argv: list[str], presets: dict[str, dict] | None = N
                  positional: tuple[str, ...] = (), default_preset: str = "small") -> Any:
     """Config from the command line: defaults <- preset <- overrides <- positional args."""
     presets = presets or {}
-    opts, pos = split_argv(argv)
+    paths = leaves(cls)
+
+    def is_flag(key: str) -> bool:
+        try:
+            return paths[_resolve(key, paths)][0] is bool
+        except ConfigError:
+            return False
+
+    opts, pos = split_argv(argv, is_flag)
     preset = opts.pop("preset", default_preset if default_preset in presets else "")
     cfg = cls()
     if preset:

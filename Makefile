@@ -8,7 +8,7 @@ PRESET ?= small
 PYTEST_ARGS ?=
 TOUR_ARGS ?=
 
-.PHONY: tour test install dev bench clean help
+.PHONY: tour test install dev bench clean help chromium
 
 help:
 	@echo "make tour    create .venv, install, run every tutorial (preset $(PRESET)), write runs/tour/report.*"
@@ -44,8 +44,16 @@ dev: $(VENV)/.installed-dev
 tour: $(VENV)/.installed
 	$(BIN)/llmpath tour --yes --preset=$(PRESET) $(TOUR_ARGS)
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The tour report's browser test needs Debian's chromium; install it when we can (root + apt).
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium for the report's browser test"; \
+		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "note: chromium could not be installed; the browser test will be skipped"; \
+	else echo "note: no chromium and no root apt-get here; the report's browser test will be skipped"; fi
 
 bench: $(VENV)/.installed-dev
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

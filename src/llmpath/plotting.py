@@ -51,10 +51,14 @@ def _font_files_from_packages() -> list[Path]:
 
 
 def use_cjk() -> str | None:
-    """Make matplotlib fall back to the CJK font for glyphs the default font lacks."""
+    """Make matplotlib fall back to the CJK font for glyphs the default font lacks.
+
+    Every plot function here calls it first; call it yourself before plt.subplots elsewhere.
+    """
     fam = cjk_font()
-    if fam:
-        plt.rcParams["font.family"] = ["DejaVu Sans", fam]
+    # Generic families are resolved when a figure is drawn, so this also fixes figures made before.
+    if fam and fam not in plt.rcParams["font.sans-serif"]:
+        plt.rcParams["font.sans-serif"] = ["DejaVu Sans", fam, *plt.rcParams["font.sans-serif"]]
     plt.rcParams["axes.unicode_minus"] = False
     return fam
 
@@ -63,6 +67,7 @@ def save_fig(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     """Save a figure as PNG (creating folders) and free its memory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    use_cjk()
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -70,6 +75,7 @@ def save_fig(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
 
 def training_curves(rows: Sequence[dict], title: str = "training") -> Figure:
     """Train/val loss against step (left) and the learning rate (right) from metrics.jsonl rows."""
+    use_cjk()
     fig, (ax, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.6))
     train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
@@ -126,6 +132,7 @@ def heatmap(matrix, xlabels: Sequence[str] | None = None, ylabels: Sequence[str]
 def confusion_matrix(y_true, y_pred, labels: Sequence[str], title: str = "confusion matrix",
                      normalize: bool = True) -> Figure:
     """Rows are true classes, columns predictions; cells show counts and row-normalised rates."""
+    use_cjk()
     n = len(labels)
     cm = np.zeros((n, n), dtype=int)
     for t, p in zip(np.asarray(y_true), np.asarray(y_pred)):
@@ -145,6 +152,7 @@ def confusion_matrix(y_true, y_pred, labels: Sequence[str], title: str = "confus
 def bar_table(names: Sequence[str], values: Sequence[float], title: str = "", ylabel: str = "",
               baseline: float | None = None) -> Figure:
     """Bars with their values written on top, and an optional dashed baseline."""
+    use_cjk()
     fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(names) + 1), 3.5))
     bars = ax.bar(range(len(names)), values, color="tab:blue")
     ax.set_xticks(range(len(names)), labels=list(names), rotation=20)

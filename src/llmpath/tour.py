@@ -1,13 +1,18 @@
-"""`llmpath tour`: run every stage's preset in learning-path order and write a summary report.
+"""`llmpath tour`: run every stage's preset in learning-path order and write the report.
 
 Each stage is a function `tour(preset, out, fresh) -> dict` in its topic's cli module returning
     {"metric": str, "value": float, "bar": str, "passed": bool, "table": markdown, "figures": [paths]}
-One stage failing does not stop the others; the exit code is non-zero if any failed.
+One stage failing does not stop the others; the exit code is non-zero if any failed. The report is
+runs/tour/report.html (one self-contained page, figures embedded) and runs/tour/report.md.
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import importlib
+import os
+import re
 import sys
 import time
 import traceback
@@ -17,9 +22,12 @@ from pathlib import Path
 from llmpath.common import setup_logging, write_json
 from llmpath.config import ConfigError, RunConfig, build_config, opt
 
-# (number, topic, title, "module:function"), in learning-path order.
-STAGES: list[tuple[str, str, str, str]] = [
-    ("1", "mlp", "MLP 与手写反向传播：文本分类", "llmpath.mlp.cli:tour"),
+# Learning-path order. "teaches" is the paragraph the report shows for the stage.
+STAGES: list[dict] = [
+    {"num": "1", "topic": "mlp", "title": "MLP 与手写反向传播：文本分类", "run": "llmpath.mlp.cli:tour",
+     "tutorial": "docs/tutorials/01_mlp.md", "notebook": "notebooks/01_mlp.ipynb",
+     "teaches": "只用 NumPy 手写线性层、激活函数、softmax 交叉熵的前向与反向传播，以及 SGD / 动量 / Adam；"
+                "用有限差分和 PyTorch autograd 验证梯度；再在英文推文与中文评论的 TF-IDF 特征上，与 scikit-learn 逻辑回归比较。"},
 ]
 
 
@@ -30,29 +38,28 @@ class TourConfig(RunConfig):
     fresh: bool = opt(False, "retrain even when a finished run exists")
 
 
-def _select(only: str) -> list[tuple[str, str, str, str]]:
+def _select(only: str) -> list[dict]:
     if not only or only.strip() == "0":
         return list(STAGES)
     wanted = [w.strip() for w in only.split(",") if w.strip()]
-    valid = {s[0] for s in STAGES} | {s[1] for s in STAGES}
+    valid = {s["num"] for s in STAGES} | {s["topic"] for s in STAGES}
     bad = [w for w in wanted if w not in valid]
     if bad:
-        raise ConfigError(f"unknown stage '{bad[0]}' in --only; choose from: "
-                          + ", ".join(f"{s[0]}={s[1]}" for s in STAGES))
-    return [s for s in STAGES if s[0] in wanted or s[1] in wanted]
+        raise ConfigError(f"unknown stage '{bad[0]}' in --only; choose from: 0=all, "
+                          + ", ".join(f"{s['num']}={s['topic']}" for s in STAGES))
+    return [s for s in STAGES if s["num"] in wanted or s["topic"] in wanted]
 
 
 def _menu() -> str:
     print("llmpath tour: 大模型学习进化之路\n")
     print("  0. 全部 (all)")
-    for num, topic, title, _ in STAGES:
-        print(f"  {num}. {title}  [{topic}]")
+    for s in STAGES:
+        print(f"  {s['num']}. {s['title']}  [{s['topic']}]")
     return input("\nchoose stages (e.g. 0, or 1,3) [0]: ").strip().replace(" ", ",") or "0"
 
 
-def run_stage(stage: tuple[str, str, str, str], preset: str, out: str, fresh: bool) -> dict:
-    num, topic, title, target = stage
-    modname, fn = target.split(":")
+def run_stage(stage: dict, preset: str, out: str, fresh: bool) -> dict:
+    modname, fn = stage["run"].split(":")
     t0 = time.time()
     try:
         res = getattr(importlib.import_module(modname), fn)(preset=preset, out=out, fresh=fresh)
@@ -60,39 +67,149 @@ def run_stage(stage: tuple[str, str, str, str], preset: str, out: str, fresh: bo
         traceback.print_exc()
         res = {"metric": "error", "value": float("nan"), "bar": "", "passed": False,
                "table": f"failed: {type(e).__name__}: {e}", "figures": []}
-    res.update(stage=num, topic=topic, title=title, seconds=round(time.time() - t0, 1))
+    res.update(stage=stage["num"], topic=stage["topic"], title=stage["title"], seconds=round(time.time() - t0, 1))
     res["figures"] = [str(p) for p in res.get("figures", [])]
     return res
 
 
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def summary_rows(results: list[dict]) -> list[list[str]]:
+    return [[r["stage"], r["topic"], r["metric"], _fmt(r["value"]), r["bar"], "PASS" if r["passed"] else "FAIL",
+             f"{r['seconds']:.0f}"] for r in results]
+
+
+SUMMARY_HEAD = ["stage", "topic", "metric", "value", "bar", "pass", "time (s)"]
+
+
 def summary_table(results: list[dict]) -> str:
-    lines = ["| stage | topic | metric | value | bar | pass | time (s) |", "|---|---|---|---|---|---|---|"]
-    for r in results:
-        v = r["value"]
-        vs = f"{v:.4g}" if isinstance(v, float) else str(v)
-        lines.append(f"| {r['stage']} | {r['topic']} | {r['metric']} | {vs} | {r['bar']} | "
-                     f"{'PASS' if r['passed'] else 'FAIL'} | {r['seconds']} |")
+    lines = ["| " + " | ".join(SUMMARY_HEAD) + " |", "|" + "---|" * len(SUMMARY_HEAD)]
+    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(results)]
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- report
+
+def write_markdown(results: list[dict], out: Path, total_s: float) -> Path:
+    parts = ["# llmpath tour report\n", f"Total wall time: {total_s:.0f} s\n", summary_table(results)]
+    for r in results:
+        stage = _stage(r["stage"])
+        parts += [f"\n## {r['stage']}. {r['title']} (`{r['topic']}`)\n", stage.get("teaches", ""), "",
+                  r.get("table", ""), ""]
+        parts += [f"![{Path(f).stem}]({_rel(f, out)})" for f in r["figures"]]
+        parts += ["", f"Tutorial: `{stage.get('tutorial', '')}` · Notebook: `{stage.get('notebook', '')}`"]
+    path = out / "report.md"
+    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    return path
+
+
+def _stage(num: str) -> dict:
+    return next((s for s in STAGES if s["num"] == num), {})
+
+
+def _rel(path: str, base: Path) -> str:
+    """Path of a file relative to the report folder (links work when the run folder moves)."""
+    return Path(os.path.relpath(Path(path).resolve(), base.resolve())).as_posix()
+
+
+_CSS = """body{font-family:system-ui,-apple-system,"Noto Sans CJK SC","Microsoft YaHei",sans-serif;max-width:1100px;
+margin:2em auto;padding:0 1em;color:#222;line-height:1.55}h1{border-bottom:2px solid #4a6fa5}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 10px;text-align:left}
+th{background:#eef2f8}.pass{color:#0a7d2c;font-weight:bold}.fail{color:#b00020;font-weight:bold}
+figure{display:inline-block;margin:.5em;vertical-align:top}figure img{max-width:520px;border:1px solid #ddd}
+figcaption{font-size:.85em;color:#555;text-align:center}code{background:#f3f3f3;padding:0 3px}
+section{border-top:1px solid #ddd;margin-top:2em}pre{background:#f6f6f6;padding:.6em;overflow-x:auto}"""
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+
+
+def markdown_to_html(md: str) -> str:
+    """Enough Markdown for result tables: pipe tables, headings, code blocks, lists, paragraphs."""
+    out, lines, i = [], md.splitlines(), 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("```"):
+            j = i + 1
+            while j < len(lines) and not lines[j].startswith("```"):
+                j += 1
+            out.append("<pre>" + html.escape("\n".join(lines[i + 1:j])) + "</pre>")
+            i = j + 1
+            continue
+        if line.lstrip().startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].lstrip().startswith("|"):
+                cells = [c.strip() for c in lines[i].strip().strip("|").split("|")]
+                if not all(re.fullmatch(r":?-+:?", c) for c in cells if c):
+                    rows.append(cells)
+                i += 1
+            head, *body = rows or [[]]
+            out.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in body)
+                       + "</table>")
+            continue
+        m = re.match(r"(#{1,4})\s+(.*)", line)
+        if m:
+            level = min(len(m.group(1)) + 2, 6)
+            out.append(f"<h{level}>{_inline(m.group(2))}</h{level}>")
+        elif line.lstrip().startswith(("- ", "* ")):
+            out.append(f"<li>{_inline(line.lstrip()[2:])}</li>")
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+        i += 1
+    return "\n".join(out)
+
+
+def _img(path: str) -> str:
+    p = Path(path)
+    if not p.exists():
+        return f"<p class='fail'>missing figure: {html.escape(p.name)}</p>"
+    data = base64.b64encode(p.read_bytes()).decode("ascii")
+    return (f"<figure><img alt='{html.escape(p.stem)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{html.escape(p.stem)}</figcaption></figure>")
+
+
+def write_html(results: list[dict], out: Path, total_s: float) -> Path:
+    rows = "".join("<tr>" + "".join(f"<td class='{c.lower()}'>{html.escape(c)}</td>" if c in ("PASS", "FAIL")
+                                    else f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                   for row in summary_rows(results))
+    body = [f"<h1>llmpath 学习之旅报告 (tour report)</h1><p>大模型学习进化之路 · total wall time {total_s:.0f} s · "
+            f"{sum(r['passed'] for r in results)}/{len(results)} stages passed</p>",
+            "<table id='summary'><tr>" + "".join(f"<th>{h}</th>" for h in SUMMARY_HEAD) + f"</tr>{rows}</table>"]
+    for r in results:
+        stage = _stage(r["stage"])
+        body.append(f"<section id='stage-{r['stage']}'><h2>{r['stage']}. {html.escape(r['title'])} "
+                    f"(<code>{r['topic']}</code>)</h2><p>{html.escape(stage.get('teaches', ''))}</p>")
+        body.append(markdown_to_html(r.get("table", "")))
+        body.append("".join(_img(f) for f in r["figures"]))
+        links = [f"<a href='{_rel(stage[k], out)}'>{k}: {stage[k]}</a>" for k in ("tutorial", "notebook") if stage.get(k)]
+        body.append("<p>" + " · ".join(links) + "</p></section>")
+    page = (f"<!doctype html><html lang='zh-CN'><head><meta charset='utf-8'><link rel='icon' href='data:,'><title>llmpath tour report</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
+    path = out / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
 
 
 def write_report(results: list[dict], out: Path, total_s: float) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    parts = ["# llmpath tour report\n", f"total wall time: {total_s:.0f} s\n", summary_table(results), ""]
-    for r in results:
-        parts += [f"\n## {r['stage']}. {r['title']} ({r['topic']})\n", r.get("table", ""), ""]
-        for f in r["figures"]:
-            parts.append(f"![{Path(f).stem}]({Path(f).resolve().as_posix()})")
-    path = out / "report.md"
-    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
-    write_json(out / "summary.json", {"total_seconds": total_s, "stages": results})
-    return path
+    write_json(out / "summary.json", {"total_seconds": round(total_s, 1), "stages": results})
+    write_markdown(results, out, total_s)
+    return write_html(results, out, total_s)
 
 
 def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         from llmpath.config import help_text
 
-        print("usage: llmpath tour [--only=1,2] [--preset=small] [--yes] [--fresh]\n\n" + help_text(TourConfig))
+        print("usage: llmpath tour [--only=1,2] [--preset=small] [--yes] [--fresh]\n\n"
+              "Runs every stage in learning-path order and writes runs/tour/report.html and report.md.\n\n"
+              + help_text(TourConfig))
         return 0
     setup_logging()
     cfg = build_config(TourConfig, argv, presets={"tiny": {}, "small": {}}, default_preset="small")
@@ -103,10 +220,12 @@ def main(argv: list[str]) -> int:
     t0 = time.time()
     results = []
     for stage in stages:
-        print(f"\n=== stage {stage[0]}: {stage[2]} ({stage[1]}, preset {cfg.preset}) ===", flush=True)
+        print(f"\n=== stage {stage['num']}: {stage['title']} ({stage['topic']}, preset {cfg.preset}) ===", flush=True)
         results.append(run_stage(stage, cfg.preset, cfg.out, cfg.fresh))
+        print(f"--- stage {stage['num']} {'PASS' if results[-1]['passed'] else 'FAIL'} "
+              f"in {results[-1]['seconds']:.0f} s", flush=True)
     total = time.time() - t0
     report = write_report(results, Path(cfg.out) / "tour", total)
     print("\n" + summary_table(results))
-    print(f"\ntotal {total:.0f} s; report: {report}")
+    print(f"\ntotal {total:.0f} s; report: {report} (and report.md)")
     return 0 if all(r["passed"] for r in results) else 1

@@ -1,0 +1,107 @@
+"""The tour: stage selection, a failing stage does not stop the others, the report, a real browser."""
+
+import functools
+import http.server
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from llmpath import tour
+from llmpath.config import ConfigError
+from llmpath.plotting import bar_table, save_fig
+
+
+def fake_ok(preset, out, fresh):
+    fig = save_fig(bar_table(["a", "b"], [1.0, 2.0], title="中文标题"), Path(out) / "fake" / "figures" / "bars.png")
+    return {"metric": "acc", "value": 0.9, "bar": ">= 0.8", "passed": True, "table": "| m | acc |\n|---|---|\n| x | 0.9 |",
+            "figures": [fig]}
+
+
+def fake_broken(preset, out, fresh):
+    raise RuntimeError("boom")
+
+
+FAKE_STAGES = [
+    {"num": "1", "topic": "ok", "title": "好的阶段", "run": f"{__name__}:fake_ok", "teaches": "教学段落"},
+    {"num": "2", "topic": "broken", "title": "坏的阶段", "run": f"{__name__}:fake_broken", "teaches": "x"},
+    {"num": "3", "topic": "ok2", "title": "又一个", "run": f"{__name__}:fake_ok", "teaches": "y"},
+]
+
+
+def test_select_stages(monkeypatch):
+    monkeypatch.setattr(tour, "STAGES", FAKE_STAGES)
+    assert [s["num"] for s in tour._select("")] == ["1", "2", "3"]
+    assert [s["num"] for s in tour._select("0")] == ["1", "2", "3"]
+    assert [s["num"] for s in tour._select("3,ok")] == ["1", "3"]
+    with pytest.raises(ConfigError, match="unknown stage '9' in --only; choose from: 0=all, 1=ok"):
+        tour._select("9")
+
+
+def test_failing_stage_does_not_stop_the_tour(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(tour, "STAGES", FAKE_STAGES)
+    assert tour.main(["--yes", f"--out={tmp_path}"]) == 1
+    out = capsys.readouterr().out
+    assert "| 2 | broken | error |" in out and out.count("PASS") >= 2
+    report = (tmp_path / "tour" / "report.html").read_text()
+    assert "boom" in report and report.count("data:image/png;base64,") == 2
+    md = (tmp_path / "tour" / "report.md").read_text()
+    assert "](../fake/figures/bars.png)" in md
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def browser_check(report: Path, screenshot: Path) -> dict:
+    """Serve the report's folder on localhost, load it in headless Chromium, return what we saw."""
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(report.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    errors: list[str] = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=_chromium(), args=[
+                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"])
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"http://127.0.0.1:{server.server_port}/{report.name}", wait_until="load")
+            seen = {
+                "images": page.evaluate("Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)"),
+                "summary_rows": page.locator("#summary tr").count(),
+                "title": page.title(),
+            }
+            page.screenshot(path=str(screenshot), full_page=True)
+            browser.close()
+    finally:
+        server.shutdown()
+    seen["errors"] = errors
+    return seen
+
+
+@pytest.mark.slow
+def test_report_in_a_real_browser(monkeypatch, tmp_path):
+    if not _chromium():
+        pytest.skip("chromium is not installed (make test installs it where apt-get works)")
+    monkeypatch.setattr(tour, "STAGES", FAKE_STAGES)
+    tour.main(["--yes", f"--out={tmp_path}"])
+    seen = browser_check(tmp_path / "tour" / "report.html", tmp_path / "tour" / "screenshot.png")
+    assert seen["images"] == [True, True] and seen["summary_rows"] == 4 and not seen["errors"]
+    assert (tmp_path / "tour" / "screenshot.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_tiny_tour_of_every_stage_in_a_browser(tmp_path):
+    """Every real stage on its tiny preset, then the report in Chromium; the screenshot stays in the run folder."""
+    if not _chromium():
+        pytest.skip("chromium is not installed (make test installs it where apt-get works)")
+    tour.main(["--yes", "--preset=tiny", f"--out={tmp_path}"])
+    summary = (tmp_path / "tour" / "summary.json").read_text()
+    assert '"metric": "error"' not in summary, summary
+    seen = browser_check(tmp_path / "tour" / "report.html", tmp_path / "tour" / "screenshot.png")
+    assert seen["images"] and all(seen["images"]) and not seen["errors"]
+    assert seen["summary_rows"] == len(tour.STAGES) + 1

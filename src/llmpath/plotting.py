@@ -56,9 +56,10 @@ def use_cjk() -> str | None:
     Every plot function here calls it first; call it yourself before plt.subplots elsewhere.
     """
     fam = cjk_font()
-    # Generic families are resolved when a figure is drawn, so this also fixes figures made before.
-    if fam and fam not in plt.rcParams["font.sans-serif"]:
-        plt.rcParams["font.sans-serif"] = ["DejaVu Sans", fam, *plt.rcParams["font.sans-serif"]]
+    # An explicit family list falls back glyph by glyph (a generic 'sans-serif' would not); it
+    # applies to text created after this call.
+    if fam:
+        plt.rcParams["font.family"] = ["DejaVu Sans", fam]
     plt.rcParams["axes.unicode_minus"] = False
     return fam
 
@@ -67,7 +68,6 @@ def save_fig(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     """Save a figure as PNG (creating folders) and free its memory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    use_cjk()
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return path

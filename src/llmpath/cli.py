@@ -14,6 +14,7 @@ from llmpath.config import Command, ConfigError, build_config, help_text
 # name -> (module with COMMANDS/PRESETS, one-line description). Learning-path order.
 TOPICS: dict[str, tuple[str, str]] = {
     "mlp": ("llmpath.mlp.cli", "stage 1: MLP with hand-written backprop; text classification"),
+    "rnn": ("llmpath.rnn.cli", "stage 2: RNN/LSTM/GRU from scratch; char-level Shakespeare LM"),
 }
 
 USAGE = """usage: llmpath <topic> <command> [--key=value ...]

@@ -82,6 +82,7 @@ def check_writable(out: str = "runs") -> Check:
 # topic -> "module:function" doing a forward pass of the tiny preset (raises on failure)
 TOPIC_SMOKE: dict[str, str] = {
     "mlp": "llmpath.mlp.cli:smoke",
+    "rnn": "llmpath.rnn.cli:smoke",
 }
 
 

@@ -28,6 +28,10 @@ STAGES: list[dict] = [
      "tutorial": "docs/tutorials/01_mlp.md", "notebook": "notebooks/01_mlp.ipynb",
      "teaches": "只用 NumPy 手写线性层、激活函数、softmax 交叉熵的前向与反向传播，以及 SGD / 动量 / Adam；"
                 "用有限差分和 PyTorch autograd 验证梯度；再在英文推文与中文评论的 TF-IDF 特征上，与 scikit-learn 逻辑回归比较。"},
+    {"num": "2", "topic": "rnn", "title": "RNN / LSTM / GRU：字符级莎士比亚语言模型", "run": "llmpath.rnn.cli:tour",
+     "tutorial": "docs/tutorials/02_rnn_lstm.md", "notebook": "notebooks/02_rnn_lstm.ipynb",
+     "teaches": "用张量运算手写 RNN、LSTM、GRU（与 torch.nn 逐项一致），在莎士比亚全集上训练字符级语言模型，"
+                "在相同参数量和步数下与 Kneser-Ney 字符 n-gram 比较；画出梯度消失（100+ 步，对数坐标）、梯度爆炸与裁剪、LSTM 门控热力图，并比较采样温度。"},
 ]
 
 

@@ -1,0 +1,116 @@
+"""A recurrent language model: embedding -> RNN/LSTM/GRU -> linear head over the vocabulary.
+
+    llmpath rnn train --cell=lstm          # char-level Shakespeare, see docs/tutorials/02_rnn_lstm.md
+    llmpath rnn sample --prompt "ROMEO:" --temperature 0.8
+
+Characters (or words, `--level=word`) are ids; the model reads x = ids[:-1] and predicts
+y = ids[1:], a softmax over the vocabulary at every step. `impl="ours"` uses the hand-written
+cells of model.py, `impl="torch"` torch.nn's (same parameter names, so checkpoints load in either).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from llmpath.config import opt
+from llmpath.rnn.model import CELLS, make_rnn
+
+
+@dataclass
+class LMConfig:
+    cell: Literal["rnn", "lstm", "gru"] = opt("lstm", "recurrent cell")
+    vocab_size: int = opt(0, "set from the tokenizer")
+    n_embd: int = opt(64, "embedding size")
+    n_hidden: int = opt(0, "hidden size (0 = choose it so the model has about n_params parameters)")
+    n_params: int = opt(400_000, "parameter budget used when n_hidden = 0 (matched across cells)")
+    n_layer: int = opt(1, "stacked recurrent layers")
+    dropout: float = opt(0.0, "dropout between layers and before the head")
+    block_size: int = opt(128, "training sequence length (steps of backpropagation through time)")
+    impl: Literal["ours", "torch"] = opt("torch", "ours: the hand-written cells; torch: torch.nn (fast path, same weights)")
+
+
+def lm_params(cell: str, V: int, E: int, H: int, L: int) -> int:
+    """Parameter count of CharRNN. lm_params('rnn', 10, 4, 8, 1) -> 10*4 + (8*4 + 8*8 + 16) + 8*10 + 10"""
+    g = CELLS[cell][0]
+    rec = sum(g * H * ((E if k == 0 else H) + H + 2) for k in range(L))
+    return V * E + rec + H * V + V
+
+
+def hidden_for_budget(cell: str, n_params: int, V: int, E: int, L: int) -> int:
+    """Largest hidden size whose model fits in n_params (so RNN, GRU and LSTM compare at equal size)."""
+    lo, hi = 1, 8192
+    while lo < hi:  # lm_params grows with H: binary search
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if lm_params(cell, V, E, mid, L) <= n_params else (lo, mid - 1)
+    return lo
+
+
+class CharRNN(nn.Module):
+    """Recurrent LM: (B, T) ids -> (B, T, V) logits, plus the final state for the next chunk."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("LMConfig.vocab_size must be set from the tokenizer")
+        self.cfg = cfg
+        H = cfg.n_hidden or hidden_for_budget(cfg.cell, cfg.n_params, cfg.vocab_size, cfg.n_embd, cfg.n_layer)
+        self.n_hidden = H
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.rnn = make_rnn(cfg.cell, cfg.n_embd, H, num_layers=cfg.n_layer, dropout=cfg.dropout,
+                            batch_first=True, impl=cfg.impl)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(H, cfg.vocab_size)
+
+    def forward(self, idx: Tensor, state=None) -> tuple[Tensor, object]:
+        out, state = self.rnn(self.embed(idx), state)  # (B, T, H)
+        return self.head(self.drop(out)), state  # (B, T, V)
+
+    @torch.no_grad()
+    def generate(self, prompt: Tensor, n: int, temperature: float = 1.0, top_k: int = 0,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Continue a (B, T) prompt by n ids, sampling from softmax(logits / temperature)."""
+        logits, state = self(prompt)
+        out = []
+        for _ in range(n):
+            last = logits[:, -1] / max(temperature, 1e-6)
+            if top_k > 0:
+                kth = last.topk(min(top_k, last.shape[-1])).values[:, -1:]
+                last = last.masked_fill(last < kth, float("-inf"))
+            nxt = torch.multinomial(F.softmax(last, dim=-1), 1, generator=generator)  # (B, 1)
+            out.append(nxt)
+            logits, state = self(nxt, state)  # the state carries the whole past: O(1) per new id
+        return torch.cat(out, dim=1)
+
+
+def lm_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+    """Mean cross-entropy of next-id prediction (nats per token); the objective handed to fit()."""
+    x, y = batch
+    logits, _ = model(x)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+@torch.no_grad()
+def stream_nll(model: nn.Module, ids: Tensor, streams: int = 32, chunk: int = 256, device="cpu") -> float:
+    """Mean NLL (nats/token) of ids[1:] given everything before it: the text is cut into `streams`
+    contiguous pieces read in parallel, chunk by chunk, carrying the state across chunks (so every
+    prediction sees its whole past, as the n-gram's does). The few ids left over are dropped."""
+    n = (len(ids) - 1) // streams * streams
+    if n < streams:
+        raise ValueError(f"{len(ids)} tokens are too few to evaluate on {streams} streams")
+    x = ids[:n].view(streams, -1).to(device)
+    y = ids[1:n + 1].view(streams, -1).to(device)
+    total, state = 0.0, None
+    for a in range(0, x.shape[1], chunk):
+        logits, state = model(x[:, a:a + chunk], state)
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[:, a:a + chunk].reshape(-1), reduction="sum").item()
+    return total / y.numel()
+
+
+def perplexity(nats: float) -> float:
+    return math.exp(nats)

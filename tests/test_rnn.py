@@ -102,3 +102,158 @@ def test_bad_cell_and_impl():
         make_rnn("lstn", 3, 4)
     with pytest.raises(ValueError, match="unknown impl 'fast'"):
         make_rnn("lstm", 3, 4, impl="fast")
+
+
+# ------------------------------------------------------------------------ language model parts
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from llmpath.common import count_params  # noqa: E402
+from llmpath.rnn.lm import CharRNN, LMConfig, hidden_for_budget, lm_params, stream_nll  # noqa: E402
+from llmpath.rnn.ngram import NGram, _keys  # noqa: E402
+from llmpath.rnn.words import WordTokenizer  # noqa: E402
+
+
+def test_ngram_keys_example():
+    assert _keys(np.array([1, 2, 3]), 2, 10).tolist() == [12, 23]
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 5])
+def test_ngram_is_a_distribution(order):
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 6, 3000)
+    train[::7] = 5  # some structure
+    lm = NGram(order).fit(train, vocab_size=7)  # id 6 never seen: still gets probability
+    for ctx in ([], [5], [1, 2], [0, 5, 5, 3], [6, 6]):
+        ctx = ctx[-(order - 1):] if order > 1 else []
+        p = np.array([lm.prob(np.array([0] + ctx + [w]))[-1] for w in range(7)])
+        assert (p > 0).all() and abs(p.sum() - 1) < 1e-9
+
+
+def test_ngram_learns_structure_and_overfits_high_orders():
+    text = np.array([0, 1, 2, 3] * 500 + [3, 2, 1, 0] * 500)
+    val = np.array([0, 1, 2, 3] * 50)
+    nll = {n: NGram(n).fit(text, 5).nll(val) for n in (1, 2, 3)}
+    assert nll[1] > 1.3 and nll[3] < 0.05 < nll[2] < nll[1]  # order 3 sees '0 1' -> '2' for sure
+    with pytest.raises(ValueError, match="order must be >= 1"):
+        NGram(0)
+
+
+def test_param_budget_matches_count():
+    for cell in ("rnn", "lstm", "gru"):
+        H = hidden_for_budget(cell, 50_000, V=30, E=8, L=2)
+        model = CharRNN(LMConfig(cell=cell, vocab_size=30, n_embd=8, n_layer=2, n_params=50_000))
+        assert model.n_hidden == H and count_params(model) == lm_params(cell, 30, 8, H, 2) <= 50_000
+        assert lm_params(cell, 30, 8, H + 1, 2) > 50_000
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_lm_impls_share_weights(cell):
+    torch.manual_seed(0)
+    cfg = LMConfig(cell=cell, vocab_size=11, n_embd=6, n_hidden=10, n_layer=2, impl="torch")
+    ref = CharRNN(cfg)
+    ours = CharRNN(LMConfig(**{**cfg.__dict__, "impl": "ours"}))
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randint(0, 11, (3, 9))
+    torch.testing.assert_close(ours(x)[0], ref(x)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_stream_nll_carries_state():
+    torch.manual_seed(0)
+    model = CharRNN(LMConfig(cell="gru", vocab_size=7, n_embd=4, n_hidden=8)).eval()
+    ids = torch.randint(0, 7, (2 * 40 + 1,))
+    whole = stream_nll(model, ids, streams=2, chunk=1000)
+    assert abs(stream_nll(model, ids, streams=2, chunk=7) - whole) < 1e-5  # chunking changes nothing
+    with torch.no_grad():
+        logits, _ = model(ids[:-1].view(2, 40))
+    ref = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), ids[1:].view(2, 40).reshape(-1)).item()
+    assert abs(whole - ref) < 1e-5
+
+
+def test_generate_temperature_and_banned():
+    torch.manual_seed(0)
+    model = CharRNN(LMConfig(cell="lstm", vocab_size=9, n_embd=4, n_hidden=8)).eval()
+    prompt = torch.tensor([[1, 2, 3]])
+    g = torch.Generator().manual_seed(0)
+    cold = model.generate(prompt, 20, temperature=1e-4, generator=g, banned=())
+    # near-zero temperature is greedy decoding
+    seq, state, greedy = prompt, None, []
+    with torch.no_grad():
+        for _ in range(20):
+            logits, state = model(seq, state)
+            seq = logits[:, -1:].argmax(-1)
+            greedy.append(seq)
+    assert torch.equal(cold, torch.cat(greedy, 1))
+    hot = model.generate(prompt.repeat(4, 1), 50, temperature=5.0, generator=g, banned=(0, 4))
+    assert hot.shape == (4, 50) and not ((hot == 0) | (hot == 4)).any()
+
+
+def test_word_tokenizer():
+    tok = WordTokenizer.train("to be or not to be", vocab_cap=3)
+    assert tok.itos == ["<unk>", "to", "be"] and tok.tokens("to be, or") == ["to", "be", ",", "or"]
+    assert tok.decode(tok.encode("to be, or")) == "to be <unk> <unk>"
+    text = "ROMEO:\nI'll go, sir.\n"
+    full = WordTokenizer.train(text)
+    assert full.decode(full.encode(text)) == text
+    assert WordTokenizer.from_state_dict(json.loads(json.dumps(full.state_dict()))).itos == full.itos
+
+
+# ----------------------------------------------------------------------------- commands (tiny)
+
+from llmpath.cli import main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """The tiny comparison and figures, computed once for the tests below."""
+    from llmpath.config import build_config
+    from llmpath.rnn.cli import PRESETS, RNNRun, figures
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = build_config(RNNRun, ["--preset=tiny", f"--out={out}"], PRESETS)
+    return out, figures(cfg)
+
+
+def test_train_and_sample_cli(tmp_path, capsys):
+    assert main(["rnn", "train", "--preset=tiny", "--cell=gru", "--impl=ours", f"--out={tmp_path}", "--max-steps=5"]) == 0
+    run = tmp_path / "rnn" / "tiny-gru"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["impl"] == "ours" and summary["steps"] == 5 and summary["val_loss"] < 5
+    capsys.readouterr()
+    assert main(["rnn", "sample", "--preset=tiny", "--cell=gru", f"--out={tmp_path}", "--prompt", "ROMEO:",
+                 "--temperature", "0.8", "--n=30"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("ROMEO:") and len(text.rstrip("\n")) >= 30 and "<unk>" not in text
+    assert main(["rnn", "sample", "--preset=tiny", "--cell=rnn", f"--out={tmp_path}"]) == 2  # not trained
+    assert "train one first: llmpath rnn train --cell=rnn" in capsys.readouterr().err
+
+
+def test_word_level_cli(tmp_path):
+    assert main(["rnn", "train", "--preset=tiny", "--level=word", "--vocab-cap=300", f"--out={tmp_path}"]) == 0
+    summary = json.loads((tmp_path / "rnn" / "tiny-lstm-word" / "summary.json").read_text())
+    assert summary["vocab_size"] == 300 and 0 < summary["unk_rate_val"] < 1
+    assert summary["val_ppl"] == pytest.approx(np.exp(summary["val_loss"]))
+
+
+def test_compare_and_figures(tiny_runs):
+    out, res = tiny_runs
+    result = res["result"]
+    assert set(result["cells"]) == {"rnn", "gru", "lstm"}
+    params = [r["params"] for r in result["cells"].values()]
+    assert max(params) - min(params) < 0.05 * max(params)  # matched parameter count
+    assert all(r["steps"] == result["cells"]["lstm"]["steps"] for r in result["cells"].values())
+    assert "lstm < rnn" in result["bar"]["checks"]
+    for name in ("vanishing_gradients", "exploding_gradients", "lstm_gates", "lstm_unit", "compare", "val_curves"):
+        assert (out / "rnn" / "tiny-compare" / "figures" / f"{name}.png").stat().st_size > 5000
+    assert set(res["samples"]) == {"0.5", "1.0", "1.5"} and all(s.startswith("ROMEO:") for s in res["samples"].values())
+    # the exploding-gradient demo: clipping keeps every gradient step bounded and training alive
+    clip = next(v for k, v in res["exploding"].items() if k.startswith("clip"))
+    assert clip["steps_run"] == 30
+
+
+def test_compare_reuses_finished_runs(tiny_runs, capsys):
+    out, _ = tiny_runs
+    assert main(["rnn", "compare", "--preset=tiny", f"--out={out}"]) == 0
+    assert "reusing the finished run" in capsys.readouterr().err

@@ -45,10 +45,10 @@ class RNNRun(RunConfig):
 
 
 @dataclass
-class SampleRun(RunConfig):
-    cell: Literal["rnn", "lstm", "gru"] = opt("lstm", "which trained run to load: <out>/rnn/<preset>-<cell>")
-    level: Literal["char", "word"] = opt("char", "load the char- or the word-level run")
-    run: str = opt("", "run folder to load instead (e.g. runs/rnn/small-lstm)")
+class SampleRun(RNNRun):
+    """The training options too (so presets apply and --cell/--level pick the run), plus sampling ones."""
+
+    run: str = opt("", "run folder to load instead of <out>/rnn/<preset>-<cell> (e.g. runs/rnn/small-lstm)")
     prompt: str = opt("ROMEO:", "text to continue")
     temperature: float = opt(0.8, "softmax temperature: < 1 safer, > 1 wilder")
     n: int = opt(400, "tokens to generate")
@@ -169,7 +169,7 @@ def load_model(run: Path, device="cpu"):
 
 
 def sample_run_dir(cfg: SampleRun) -> Path:
-    return Path(cfg.run) if cfg.run else Path(cfg.out) / TOPIC / _run_name(cfg, cfg.cell)
+    return Path(cfg.run) if cfg.run else Path(cfg.out) / TOPIC / _run_name(cfg, cfg.model.cell)
 
 
 def sample(cfg: SampleRun) -> str:
@@ -177,7 +177,7 @@ def sample(cfg: SampleRun) -> str:
     setup_logging()
     run = sample_run_dir(cfg)
     if not (run / "ckpt" / "best.pt").exists():
-        raise ConfigError(f"no trained model in {run}; train one first: llmpath rnn train --cell={cfg.cell}"
+        raise ConfigError(f"no trained model in {run}; train one first: llmpath rnn train --cell={cfg.model.cell}"
                           + (" --level=word" if cfg.level == "word" else "") + (f" --preset={cfg.preset}" if cfg.preset else ""))
     if cfg.temperature <= 0:
         raise ConfigError(f"--temperature must be > 0, got {cfg.temperature}")

@@ -89,9 +89,9 @@ def exploding_gradients(ids: np.ndarray, vocab_size: int, steps: int = 150, bloc
             opt.zero_grad()
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm > 0 else float("inf"))
-            losses.append(float(loss))
+            losses.append(loss.item())
             norms.append(float(norm))
-            if not math.isfinite(float(loss)) or not math.isfinite(float(norm)):
+            if not (math.isfinite(losses[-1]) and math.isfinite(norms[-1])):
                 break  # training is dead: the weights are inf/NaN
             opt.step()
         curves[name] = {"loss": losses, "grad_norm": norms}
@@ -201,8 +201,9 @@ def unit_over_text(model: CharRNN, text: str, ids: list[int], unit: int | None =
 
 def _wrap(text: str, width: int) -> list[tuple[int, str]]:
     out, start = [], 0
-    for line in text.split("\n"):
-        line = line + "\n"
+    pieces = text.split("\n")
+    for k, line in enumerate(pieces):
+        line = line + ("\n" if k < len(pieces) - 1 else "")
         for a in range(0, len(line), width):
             out.append((start + a, line[a:a + width]))
         start += len(line)

@@ -73,12 +73,17 @@ class CharRNN(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompt: Tensor, n: int, temperature: float = 1.0, top_k: int = 0,
-                 generator: torch.Generator | None = None) -> Tensor:
-        """Continue a (B, T) prompt by n ids, sampling from softmax(logits / temperature)."""
+                 generator: torch.Generator | None = None, banned: tuple[int, ...] = (0,)) -> Tensor:
+        """Continue a (B, T) prompt by n ids, sampling from softmax(logits / temperature).
+
+        `banned` ids are never sampled (default: id 0, `<unk>` in both of our tokenizers).
+        """
         logits, state = self(prompt)
         out = []
         for _ in range(n):
             last = logits[:, -1] / max(temperature, 1e-6)
+            if banned:
+                last[:, list(banned)] = float("-inf")
             if top_k > 0:
                 kth = last.topk(min(top_k, last.shape[-1])).values[:, -1:]
                 last = last.masked_fill(last < kth, float("-inf"))

@@ -22,7 +22,7 @@ import numpy as np
 
 def _keys(ids: np.ndarray, n: int, V: int) -> np.ndarray:
     """int64 key of every n-gram in ids: keys[j] encodes ids[j : j + n]. (_keys([1, 2, 3], 2, 10) -> [12, 23])"""
-    keys = np.zeros(len(ids) - n + 1, dtype=np.int64)
+    keys = np.zeros(max(len(ids) - n + 1, 0), dtype=np.int64)
     for j in range(n):
         keys = keys * V + ids[j: len(ids) - n + 1 + j]
     return keys
@@ -86,7 +86,8 @@ class NGram:
             # n-gram ending at t exists for t >= n - 1; earlier positions keep the lower-order estimate
             key = np.zeros(T, dtype=np.int64)
             valid = np.arange(T) >= n - 1
-            key[n - 1:] = _keys(ids, n, self.V)
+            if T >= n:
+                key[n - 1:] = _keys(ids, n, self.V)
             c = table.count(key)
             total, types = table.context(key // self.V)
             seen = valid & (total > 0)

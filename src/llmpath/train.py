@@ -11,6 +11,11 @@ It does AdamW (no decay on biases, norms and, unless asked, embeddings), warmup 
 noam schedules, gradient clipping and accumulation, metrics.jsonl, atomic checkpoints `last.pt`
 and `best.pt` with model, optimizer, schedule step, RNG states and config, exact resume, a clear
 stop on a NaN/inf loss, and a checkpoint on Ctrl-C.
+
+Under torchrun (`init_distributed()` was called, world size W > 1) the same loop is data-parallel:
+the model is wrapped in DistributedDataParallel, every rank builds the same micro-batch `batches(i)`
+and keeps its own 1/W of the rows, so W processes at --batch_size=B train exactly like one process
+at B; only rank 0 evaluates, logs, writes metrics and saves checkpoints.
 """
 
 from __future__ import annotations
@@ -153,6 +158,56 @@ def load_weights(model: nn.Module, path: str | Path, map_location: Any = "cpu") 
     return ckpt
 
 
+# --------------------------------------------------------------------- distributed
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); (0, 1) when torch.distributed is not initialized."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: torch.device) -> torch.device:
+    """Join the process group torchrun describes in the environment (gloo on CPU, nccl on CUDA).
+
+    Returns the device this rank trains on (cuda:LOCAL_RANK on GPUs). Without torchrun's WORLD_SIZE > 1
+    it does nothing and returns `device`.
+    """
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def _shard(batch: Any, rank: int, world: int) -> Any:
+    """This rank's contiguous 1/world of the rows of every tensor in a (nested) batch."""
+    if isinstance(batch, torch.Tensor):
+        n = batch.shape[0]
+        if n % world:
+            raise TrainingError(f"batch of {n} rows does not split over {world} processes; "
+                                f"make --train.batch_size a multiple of {world}")
+        return batch[rank * n // world:(rank + 1) * n // world]
+    if isinstance(batch, dict):
+        return {k: _shard(v, rank, world) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_shard(v, rank, world) for v in batch)
+    return batch
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 # ------------------------------------------------------------------------ fit loop
 
 def _autocast(device: torch.device, amp: str):
@@ -204,6 +259,8 @@ def fit(
     """Train `model` for cfg.max_steps optimizer steps; see the module docstring."""
     device = torch.device(device)
     model.to(device)
+    rank, world = dist_info()
+    lead = rank == 0  # the one process that evaluates, logs and saves
     opt = optimizer or make_optimizer(model, cfg)
     run = Path(run_dir) if run_dir is not None else None
     ckpt_dir = run / "ckpt" if run else None
@@ -220,28 +277,36 @@ def fit(
         step, best = ckpt["step"], ckpt.get("best")
         _set_rng_state(ckpt["rng"])
         log.info(f"resumed from {ckpt_dir / 'last.pt'} at step {step}")
-        if metrics_path is not None and metrics_path.exists():
+        if metrics_path is not None and metrics_path.exists() and lead:
             _truncate_metrics(metrics_path, step)
-    elif metrics_path is not None:
+    elif metrics_path is not None and lead:
         metrics_path.write_text("")
 
-    def checkpoint(name: str) -> None:
+    def checkpoint(name: str, sync: bool = True) -> None:
         if ckpt_dir is None:
             return
-        save_checkpoint({"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
-                         "scheduler": {"step": step, "schedule": cfg.schedule}, "step": step, "best": best,
-                         "rng": _rng_state(), "config": config_dict}, ckpt_dir / f"{name}.pt")
+        if lead:
+            save_checkpoint({"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
+                             "scheduler": {"step": step, "schedule": cfg.schedule}, "step": step, "best": best,
+                             "rng": _rng_state(), "config": config_dict}, ckpt_dir / f"{name}.pt")
+        if sync:
+            _barrier(world)  # no rank reads a checkpoint before rank 0 has written it
 
     def record(row: dict) -> None:
-        if metrics_path is not None:
+        if metrics_path is not None and lead:
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
 
-    train_model = torch.compile(model) if cfg.compile else model
+    train_model = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    train_model = torch.compile(train_model) if cfg.compile else train_model
     end = min(cfg.max_steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.max_steps
     evals: list[dict] = []
     loss_ema, units, t_start, t_last = None, 0, time.time(), time.time()
-    bar = _progress(cfg, end, step)
+    bar = _progress(cfg, end, step) if lead else None
     model.train()
     try:
         while step < end:
@@ -250,15 +315,26 @@ def fit(
                 g["lr"] = lr
             total = 0.0
             for micro in range(cfg.grad_accum):
-                batch = to_device(batches(step * cfg.grad_accum + micro), device)
-                units += _count(batch, unit)
-                with _autocast(device, cfg.amp):
-                    loss = loss_fn(train_model, batch)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"loss became {loss.item()} at step {step + 1}; lower --train.lr "
-                                        f"(now {cfg.lr:g}) or keep --train.grad_clip on; nothing was saved for this step")
-                (loss / cfg.grad_accum).backward()
+                batch = batches(step * cfg.grad_accum + micro)
+                units += _count(batch, unit)  # all ranks together: rank 0 logs the global speed
+                batch = to_device(_shard(batch, rank, world) if world > 1 else batch, device)
+                # DDP all-reduces gradients on the last micro-batch of a step only
+                sync = contextlib.nullcontext() if world == 1 or micro == cfg.grad_accum - 1 else train_model.no_sync()
+                with sync:
+                    with _autocast(device, cfg.amp):
+                        loss = loss_fn(train_model, batch)
+                    if world == 1 and not torch.isfinite(loss):
+                        _nan_stop(loss.item(), step, cfg)
+                    (loss / cfg.grad_accum).backward()
                 total += loss.item() / cfg.grad_accum
+            if world > 1:  # the mean loss over ranks: what one process at the same batch would log
+                import torch.distributed as dist
+
+                t = torch.tensor([total], device=device)
+                dist.all_reduce(t)
+                total = t.item() / world
+                if not math.isfinite(total):  # every rank sees it, so all stop together
+                    _nan_stop(total, step, cfg)
             grad_norm = None
             if cfg.grad_clip > 0:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
@@ -276,7 +352,7 @@ def fit(
                         f"{unit}_per_s": speed, "time": now - t_start})
                 units, t_last = 0, now
             is_eval = evaluate is not None and (step == end or (cfg.eval_interval > 0 and step % cfg.eval_interval == 0))
-            if is_eval:
+            if is_eval and lead:
                 ev = {"step": step, **evaluate_model(model, evaluate)}
                 evals.append(ev)
                 record(ev)
@@ -285,22 +361,28 @@ def fit(
                 val = ev.get(best_metric)
                 if val is not None and (best is None or (val < best if best_mode == "min" else val > best)):
                     best = val
-                    checkpoint("best")
+                    checkpoint("best", sync=False)  # only rank 0 evaluates, so only it may wait here
             if is_eval or step == end or (cfg.ckpt_interval > 0 and step % cfg.ckpt_interval == 0):
                 checkpoint("last")
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
-        checkpoint("last")
+        checkpoint("last", sync=False)
         log.info(f"\ninterrupted at step {step}; checkpoint saved"
                  + (f" to {ckpt_dir / 'last.pt'}; continue with --train.resume" if ckpt_dir else ""))
         raise
     if bar is not None:
         bar.close()
-    if evaluate is not None and best is None and ckpt_dir is not None:
-        checkpoint("best")  # the metric was absent: keep the final weights as "best"
+    if evaluate is not None and best is None and ckpt_dir is not None and lead:
+        checkpoint("best", sync=False)  # the metric was absent: keep the final weights as "best"
+    _barrier(world)
     return FitResult(step=step, train_loss=float(loss_ema if loss_ema is not None else float("nan")), best=best,
                      evals=evals, seconds=time.time() - t_start, run_dir=run)
+
+
+def _nan_stop(value: float, step: int, cfg: TrainConfig) -> None:
+    raise TrainingError(f"loss became {value} at step {step + 1}; lower --train.lr "
+                        f"(now {cfg.lr:g}) or keep --train.grad_clip on; nothing was saved for this step")
 
 
 def _progress(cfg: TrainConfig, total: int, initial: int):

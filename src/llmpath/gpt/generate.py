@@ -1,0 +1,181 @@
+"""Text generation: greedy, temperature, top-k, top-p, repetition penalty, stop tokens, beam search.
+
+    ids = generate(model, prompt_ids, max_new_tokens=200, temperature=0.8, top_k=50)
+    for tok in stream(model, prompt_ids, max_new_tokens=200): print(tok)
+    best = beam_search(model, prompt_ids, num_beams=4, max_new_tokens=30)
+
+A language model gives p(x_t | x_<t); generating is a loop that turns the last position's logits
+into one token and appends it. `use_cache=True` keeps every layer's keys and values (KVCache), so each
+step feeds only the one new token: O(T) attention work per step instead of recomputing the O(T^2)
+prefix. The tokens are identical either way (tests/test_gpt.py). The logits processing follows
+Hugging Face's order and definitions (repetition penalty, temperature, top-k, top-p), and a test
+compares ours with their LogitsProcessor classes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from llmpath.gpt.model import GPT, KVCache
+
+
+def crop_prompt(idx: Tensor, block_size: int) -> Tensor:
+    """Keep the last block_size tokens of a (B, T) prompt, with a warning when that drops any."""
+    if idx.shape[1] > block_size:
+        warnings.warn(f"prompt of {idx.shape[1]} tokens is longer than the context ({block_size}); "
+                      f"keeping its last {block_size} tokens", stacklevel=3)
+        idx = idx[:, -block_size:]
+    return idx
+
+
+def _as_batch(idx: Tensor | Sequence[int], model: GPT) -> Tensor:
+    device = next(model.parameters()).device
+    idx = torch.as_tensor(idx, dtype=torch.long, device=device)
+    if idx.dim() == 1:
+        idx = idx[None]
+    if idx.shape[1] == 0:
+        raise ValueError("the prompt is empty; give at least one token (e.g. a newline, or the end-of-text token)")
+    return idx
+
+
+def process_logits(logits: Tensor, context: Tensor | None = None, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None, repetition_penalty: float = 1.0) -> Tensor:
+    """(B, V) logits -> filtered/scaled logits; removed tokens get -inf. Hugging Face's order and rules."""
+    if repetition_penalty != 1.0 and context is not None:
+        # CTRL (Keskar et al. 2019): make every token already in the context less likely.
+        seen = logits.gather(1, context)
+        seen = torch.where(seen < 0, seen * repetition_penalty, seen / repetition_penalty)
+        logits = logits.scatter(1, context, seen)
+    if temperature != 1.0:
+        logits = logits / temperature  # < 1 sharpens the distribution, > 1 flattens it
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        # Nucleus (Holtzman et al. 2020): the smallest set of tokens whose probability reaches top_p.
+        sorted_logits, order = torch.sort(logits, descending=False)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum <= 1 - top_p
+        drop[:, -1] = False  # always keep the most likely token
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return logits
+
+
+def _next_logits(model: GPT, seqs: Tensor, cache: KVCache | None) -> Tensor:
+    """Logits (B, V) for the token after seqs; with a cache, only the tokens it has not seen are fed."""
+    if cache is not None and seqs.shape[1] <= cache.max_len:
+        logits, _ = model(seqs[:, cache.pos:], cache=cache, last_only=True)
+    else:  # past the context (or no cache): recompute on the last block_size tokens, as without a cache
+        logits, _ = model(seqs[:, -model.cfg.block_size:], last_only=True)
+    return logits[:, -1].float()
+
+
+def _new_cache(model: GPT, batch: int) -> KVCache:
+    p = next(model.parameters())
+    return KVCache(model.cfg, batch, device=p.device, dtype=p.dtype)
+
+
+@torch.no_grad()
+def _steps(model: GPT, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+           top_p: float | None = None, repetition_penalty: float = 1.0, greedy: bool = False,
+           stop_tokens: Sequence[int] = (), use_cache: bool = True, generator: torch.Generator | None = None,
+           ) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (next tokens (B,), finished (B,)) per step; stops when every row has hit a stop token."""
+    if temperature <= 0:
+        greedy, temperature = True, 1.0  # temperature 0 is the limit of sharpening: argmax
+    seqs = idx  # already cropped to the context by the caller
+    cache = _new_cache(model, seqs.shape[0]) if use_cache else None
+    stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=seqs.device)
+    finished = torch.zeros(seqs.shape[0], dtype=torch.bool, device=seqs.device)
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(max_new_tokens):
+            logits = process_logits(_next_logits(model, seqs, cache), seqs, temperature, top_k, top_p, repetition_penalty)
+            if greedy:
+                nxt = logits.argmax(-1)
+            else:
+                nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+            if len(stops):
+                nxt = torch.where(finished, stops[0], nxt)  # rows already done keep emitting the stop token
+                finished = finished | torch.isin(nxt, stops)
+            seqs = torch.cat([seqs, nxt[:, None]], dim=1)
+            yield nxt, finished
+            if finished.all():
+                break
+    finally:
+        model.train(was_training)
+
+
+def generate(model: GPT, idx: Tensor | Sequence[int], max_new_tokens: int = 100, **kw) -> Tensor:
+    """(B, T) prompt -> (B, T + n) ids, n <= max_new_tokens (fewer when every row hit a stop token).
+
+    Options: temperature, top_k, top_p, repetition_penalty, greedy, stop_tokens, use_cache, generator.
+    Rows that stop early are padded with the first stop token.
+    """
+    idx = crop_prompt(_as_batch(idx, model), model.cfg.block_size)
+    new = [t[:, None] for t, _ in _steps(model, idx, max_new_tokens, **kw)]
+    return torch.cat([idx, *new], dim=1)
+
+
+def stream(model: GPT, idx: Tensor | Sequence[int], max_new_tokens: int = 100, **kw) -> Iterator[int]:
+    """Yield the generated token ids of one prompt one at a time (for printing as they come)."""
+    idx = crop_prompt(_as_batch(idx, model), model.cfg.block_size)
+    if idx.shape[0] != 1:
+        raise ValueError("stream() takes one prompt; use generate() for a batch")
+    for nxt, finished in _steps(model, idx, max_new_tokens, **kw):
+        yield int(nxt[0])
+        if finished[0]:
+            return
+
+
+@torch.no_grad()
+def beam_search(model: GPT, idx: Tensor | Sequence[int], num_beams: int = 4, max_new_tokens: int = 50,
+                length_penalty: float = 1.0, stop_tokens: Sequence[int] = (), use_cache: bool = True) -> Tensor:
+    """The most likely continuation found by keeping num_beams partial sequences; returns (1, T + n) ids.
+
+    A finished hypothesis (one that emitted a stop token) scores sum(log p) / n_generated**length_penalty;
+    with no stop token every beam has the same length and the highest total log-probability wins.
+    """
+    seqs = crop_prompt(_as_batch(idx, model), model.cfg.block_size)
+    if seqs.shape[0] != 1:
+        raise ValueError("beam_search() takes one prompt")
+    prompt_len, K = seqs.shape[1], num_beams
+    cache = _new_cache(model, 1) if use_cache else None
+    scores = torch.zeros(1, device=seqs.device)  # running sum of log-probabilities per beam
+    done: list[tuple[float, Tensor]] = []
+    stops = set(stop_tokens)
+    was_training = model.training
+    model.eval()
+    try:
+        for step in range(max_new_tokens):
+            logp = _next_logits(model, seqs, cache).log_softmax(-1) + scores[:, None]  # (beams, V)
+            V = logp.shape[1]
+            top, flat = logp.flatten().topk(min(2 * K, logp.numel()))  # 2K: up to K may stop at once
+            parents, tokens, new_scores = [], [], []
+            for s, f in zip(top.tolist(), flat.tolist()):
+                parent, tok = divmod(f, V)
+                if tok in stops:
+                    done.append((s / (step + 1) ** length_penalty, torch.cat([seqs[parent], seqs.new_tensor([tok])])))
+                else:
+                    parents.append(parent), tokens.append(tok), new_scores.append(s)
+                if len(parents) == K:
+                    break
+            index = torch.tensor(parents, device=seqs.device)
+            seqs = torch.cat([seqs[index], torch.tensor(tokens, device=seqs.device)[:, None]], dim=1)
+            scores = torch.tensor(new_scores, device=seqs.device)
+            if cache is not None:
+                cache.reorder(index)  # each surviving beam continues from its parent's keys/values
+            # Done when K hypotheses finished and no running beam can still beat the worst of them.
+            best_running = scores.max().item() / (step + 1) ** length_penalty
+            if len(done) >= K and min(sorted(done, key=lambda d: -d[0])[:K], key=lambda d: d[0])[0] >= best_running:
+                break
+    finally:
+        model.train(was_training)
+    n = seqs.shape[1] - prompt_len
+    done += [(s / max(n, 1) ** length_penalty, seq) for s, seq in zip(scores.tolist(), seqs)]
+    return max(done, key=lambda d: d[0])[1][None]

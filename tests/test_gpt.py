@@ -1,0 +1,355 @@
+"""Stage 5 GPT: equal to Hugging Face GPT-2 (logits, export, generation), KV cache, sampling rules,
+training and exact resume through the CLI, DDP on 2 CPU processes, finetuning heads, the REPL."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("llmpath.transformer.attention", reason="GPT imports the attention of stage 4 (llmpath.transformer)")
+
+from llmpath.cli import main  # noqa: E402
+from llmpath.config import TrainConfig  # noqa: E402
+from llmpath.data import RandomWindows  # noqa: E402
+from llmpath.gpt.finetune import GPTClassifier, collate, lm_loss  # noqa: E402
+from llmpath.gpt.generate import beam_search, generate, process_logits, stream  # noqa: E402
+from llmpath.gpt.hf import from_hf, from_pretrained, to_hf  # noqa: E402
+from llmpath.gpt.model import GPT, GPTConfig, KVCache  # noqa: E402
+from llmpath.train import fit, load_checkpoint  # noqa: E402
+
+transformers = pytest.importorskip("transformers")
+ROOT = Path(__file__).resolve().parent.parent
+EOS = 96
+
+
+def hf_model(seed=0, vocab=97, n_positions=48, n_embd=32, n_layer=2, n_head=4):
+    """A random GPT2LMHeadModel (no hub); all weights perturbed so that logits are far from uniform."""
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
+                                  n_head=n_head, bos_token_id=EOS, eos_token_id=EOS, pad_token_id=EOS,
+                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def tiny(seed=0, **kw) -> GPT:
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=23, n_layer=2, n_head=2, n_embd=16, block_size=24)
+    return GPT(GPTConfig(**{**cfg, **kw})).eval()
+
+
+def set_sdpa(model: GPT, on: bool) -> None:
+    for b in model.h:
+        b.attn.sdpa = on
+
+
+# --------------------------------------------------------------------- model structure
+
+def test_tied_head_and_scaled_init():
+    m = GPT(GPTConfig(vocab_size=50, n_layer=8, n_head=4, n_embd=64, block_size=16))
+    assert m.lm_head.weight is m.wte.weight
+    assert m.num_params() == sum(p.numel() for p in m.parameters())
+    std = torch.cat([b.attn.c_proj.weight.flatten() for b in m.h]).std().item()
+    assert abs(std - 0.02 / (2 * 8) ** 0.5) < 0.001  # GPT-2's 1/sqrt(2 n_layer) residual scaling
+    assert abs(m.h[0].mlp.c_fc.weight.std().item() - 0.02) < 0.002
+
+
+def test_handwritten_and_sdpa_attention_agree_with_gradients():
+    m = tiny(dropout=0.0)
+    x = torch.randint(0, 23, (3, 24))
+    out_fast, loss_fast = m(x, x)
+    loss_fast.backward()
+    g_fast = m.h[0].attn.c_attn.weight.grad.clone()
+    m.zero_grad()
+    set_sdpa(m, False)
+    out_slow, loss_slow = m(x, x)
+    loss_slow.backward()
+    torch.testing.assert_close(out_slow, out_fast, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(m.h[0].attn.c_attn.weight.grad, g_fast, atol=1e-5, rtol=1e-4)
+
+
+def test_causal_future_tokens_do_not_change_the_past():
+    m = tiny()
+    x = torch.randint(0, 23, (1, 12))
+    y = x.clone()
+    y[0, 8:] = (y[0, 8:] + 1) % 23
+    torch.testing.assert_close(m(x)[0][:, :8], m(y)[0][:, :8])
+
+
+def test_longer_than_block_size_is_a_clear_error():
+    with pytest.raises(ValueError, match="block_size"):
+        tiny()(torch.zeros(1, 25, dtype=torch.long))
+
+
+# ---------------------------------------------------------------------- Hugging Face
+
+@pytest.mark.parametrize("sdpa", [True, False])
+def test_logits_equal_huggingface(sdpa):
+    hf = hf_model()
+    ours = from_hf(hf, sdpa=sdpa)
+    x = torch.randint(0, 97, (3, 48))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x)[0], hf(x).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_loss_and_gradients_equal_huggingface():
+    hf = hf_model()
+    ours = from_hf(hf)
+    x = torch.randint(0, 97, (2, 20))
+    loss_hf = hf(x, labels=x).loss  # HF shifts labels inside; ours takes the shifted targets
+    _, loss = ours(x[:, :-1], x[:, 1:])
+    torch.testing.assert_close(loss, loss_hf, atol=1e-5, rtol=1e-5)
+    loss.backward()
+    loss_hf.backward()
+    # Conv1D stores (in, out): our nn.Linear gradient is its transpose
+    torch.testing.assert_close(ours.h[1].mlp.c_fc.weight.grad, hf.transformer.h[1].mlp.c_fc.weight.grad.t(),
+                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ours.wte.weight.grad, hf.transformer.wte.weight.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_export_reloads_in_transformers_and_back(tmp_path):
+    ours = from_hf(hf_model(seed=1))
+    to_hf(ours, tmp_path / "hf")
+    assert (tmp_path / "hf" / "model.safetensors").exists()
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    x = torch.randint(0, 97, (2, 30))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x).logits, ours(x)[0], atol=1e-5, rtol=1e-5)
+    # a folder written by transformers' own save_pretrained loads through the same path as from_pretrained("gpt2")
+    reloaded.save_pretrained(tmp_path / "saved")
+    again = from_pretrained(str(tmp_path / "saved"))
+    with torch.no_grad():
+        torch.testing.assert_close(again(x)[0], ours(x)[0], atol=1e-6, rtol=1e-6)
+
+
+def test_export_of_a_model_without_biases(tmp_path):
+    ours = tiny(bias=False)
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(to_hf(ours, tmp_path)).eval()
+    x = torch.randint(0, 23, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x).logits, ours(x)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_greedy_and_beam_generation_equal_huggingface():
+    hf = hf_model(seed=2)
+    ours = from_hf(hf)
+    prompt = torch.randint(0, 96, (1, 6))
+    kw = dict(max_new_tokens=30, do_sample=False, eos_token_id=None, pad_token_id=EOS)
+    ref = hf.generate(prompt, **kw)
+    assert generate(ours, prompt, 30, greedy=True).tolist() == ref.tolist()
+    ref_beam = hf.generate(prompt, num_beams=4, **{**kw, "max_new_tokens": 12})
+    assert beam_search(ours, prompt, num_beams=4, max_new_tokens=12).tolist() == ref_beam.tolist()
+
+
+def test_logits_processing_equals_huggingface_processors():
+    from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                                                        TopKLogitsWarper, TopPLogitsWarper)
+
+    torch.manual_seed(0)
+    logits, context = torch.randn(4, 50) * 3, torch.randint(0, 50, (4, 7))
+    ref = RepetitionPenaltyLogitsProcessor(1.3)(context, logits.clone())
+    ref = TemperatureLogitsWarper(0.7)(context, ref)
+    ref = TopKLogitsWarper(20)(context, ref)
+    ref = TopPLogitsWarper(0.8)(context, ref)
+    ours = process_logits(logits, context, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.3)
+    assert torch.equal(torch.isinf(ours), torch.isinf(ref))
+    torch.testing.assert_close(ours[~torch.isinf(ours)], ref[~torch.isinf(ref)])
+
+
+# ------------------------------------------------------------------------- KV cache
+
+@pytest.mark.parametrize("sdpa", [True, False])
+def test_kv_cache_gives_identical_tokens(sdpa):
+    m = tiny(seed=3, sdpa=sdpa)
+    prompt = torch.randint(0, 23, (2, 5))
+    assert torch.equal(generate(m, prompt, 15, greedy=True), generate(m, prompt, 15, greedy=True, use_cache=False))
+    kw = dict(temperature=1.2, top_k=10, top_p=0.95, repetition_penalty=1.1)
+    with_cache = generate(m, prompt, 15, generator=torch.Generator().manual_seed(5), **kw)
+    without = generate(m, prompt, 15, generator=torch.Generator().manual_seed(5), use_cache=False, **kw)
+    assert torch.equal(with_cache, without)
+    # past the context (block 24) the cache gives way to recomputation on the last 24 tokens
+    assert torch.equal(generate(m, prompt, 40, greedy=True), generate(m, prompt, 40, greedy=True, use_cache=False))
+
+
+def test_cached_logits_match_full_forward_in_chunks():
+    m = tiny(seed=4)
+    x = torch.randint(0, 23, (2, 20))
+    full = m(x)[0]
+    cache = KVCache(m.cfg, 2)
+    parts = [m(x[:, a:b], cache=cache)[0] for a, b in [(0, 7), (7, 8), (8, 15), (15, 20)]]
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+    assert cache.pos == 20 and cache.nbytes() == 2 * 2 * (2 * 2 * 24 * 8) * 4
+
+
+def test_beam_search_with_one_beam_is_greedy_and_cache_free_is_the_same():
+    m = tiny(seed=5)
+    prompt = torch.randint(0, 23, (1, 4))
+    assert torch.equal(beam_search(m, prompt, num_beams=1, max_new_tokens=10), generate(m, prompt, 10, greedy=True))
+    assert torch.equal(beam_search(m, prompt, 3, 10), beam_search(m, prompt, 3, 10, use_cache=False))
+
+
+# ------------------------------------------------------------------------ generation
+
+def test_stop_tokens_and_max_length():
+    m = tiny(seed=6)
+    prompt = torch.randint(0, 23, (1, 3))
+    free = generate(m, prompt, 20, greedy=True)[0, 3:].tolist()
+    assert len(free) == 20
+    stop = free[4]
+    out = generate(m, prompt, 20, greedy=True, stop_tokens=[stop])[0, 3:].tolist()
+    assert out == free[: free.index(stop) + 1]
+    assert list(stream(m, prompt, 20, greedy=True, stop_tokens=[stop])) == out
+
+
+def test_temperature_zero_is_greedy_and_top_k_one_too():
+    m = tiny(seed=7)
+    prompt = torch.randint(0, 23, (1, 3))
+    greedy = generate(m, prompt, 10, greedy=True)
+    assert torch.equal(generate(m, prompt, 10, temperature=0), greedy)
+    assert torch.equal(generate(m, prompt, 10, top_k=1, generator=torch.Generator().manual_seed(0)), greedy)
+
+
+def test_long_prompt_is_cropped_with_a_warning():
+    m = tiny()
+    with pytest.warns(UserWarning, match="longer than the context"):
+        out = generate(m, torch.randint(0, 23, (1, 30)), 3, greedy=True)
+    assert out.shape == (1, 24 + 3)
+
+
+# ------------------------------------------------------------------------- finetuning
+
+def test_classifier_ignores_right_padding():
+    clf = GPTClassifier(tiny(), n_classes=3).eval()
+    seqs = [[1, 2, 3], [4, 5, 6, 7, 8, 9]]
+    ids, lengths, _ = collate(seqs, np.array([0, 1]), np.array([0, 1]))
+    alone = clf(torch.tensor([seqs[0]]), torch.tensor([3]))
+    torch.testing.assert_close(clf(ids, lengths)[:1], alone, atol=1e-6, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------ CLI and runs
+
+def _cli(*args):
+    return main(["gpt", *args])
+
+
+def test_train_tiny_then_sample_stream_chat_export(tmp_path, capsys):
+    out = str(tmp_path)
+    assert _cli("train", "--preset=tiny", f"--out={out}") == 0
+    summary = json.loads((tmp_path / "gpt" / "tiny" / "summary.json").read_text())
+    assert summary["val_loss"] < np.log(summary["vocab_size"])  # better than uniform after 30 steps
+    assert (tmp_path / "gpt" / "tiny" / "figures" / "curves.png").exists()
+    capsys.readouterr()
+    assert _cli("sample", "ROMEO:", "--preset=tiny", f"--out={out}", "--stream", "--max-new-tokens=20") == 0
+    assert capsys.readouterr().out.startswith("ROMEO:")
+    assert _cli("sample", "KING€", "--preset=tiny", f"--out={out}") == 2  # not in the char vocabulary
+    assert "not in this model's character vocabulary" in capsys.readouterr().err
+    assert _cli("export", "--preset=tiny", f"--out={out}") == 0
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "gpt" / "tiny" / "hf").eval()
+    assert hf.config.n_layer == 2
+    capsys.readouterr()  # the exported folder samples the same as the run it came from
+    assert _cli("sample", "ROMEO:", f"--run={tmp_path / 'gpt' / 'tiny' / 'hf'}", "--greedy", "--max-new-tokens=8") == 0
+    from_folder = capsys.readouterr().out
+    assert _cli("sample", "ROMEO:", "--preset=tiny", f"--out={out}", "--greedy", "--max-new-tokens=8") == 0
+    assert capsys.readouterr().out == from_folder
+
+
+def _run_chat(out: str, stdin: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llmpath", "gpt", "chat", "--preset=tiny", f"--out={out}",
+                           "--max-new-tokens=10"], input=stdin, capture_output=True, text=True, timeout=120)
+
+
+def test_chat_exits_cleanly_on_empty_stdin_and_quit(tmp_path):
+    assert _cli("train", "--preset=tiny", f"--out={tmp_path}", "--train.max_steps=2") == 0
+    assert _run_chat(str(tmp_path), "").returncode == 0
+    done = _run_chat(str(tmp_path), "ROMEO:\n/quit\n")
+    assert done.returncode == 0 and done.stdout.count(">") >= 2
+
+
+def test_sample_without_a_run_says_what_to_do(tmp_path, capsys):
+    assert _cli("sample", f"--out={tmp_path}") == 2
+    assert "train one first" in capsys.readouterr().err
+
+
+def test_resume_is_exact_through_the_cli(tmp_path):
+    common = ["--preset=tiny", "--train.max_steps=12", "--train.eval_interval=4"]
+    assert _cli("train", *common, f"--out={tmp_path / 'a'}") == 0
+    assert _cli("train", *common, f"--out={tmp_path / 'b'}", "--train.stop_at=6") == 0
+    assert _cli("train", *common, f"--out={tmp_path / 'b'}", "--train.resume") == 0
+    a = load_checkpoint(tmp_path / "a" / "gpt" / "tiny" / "ckpt" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "b" / "gpt" / "tiny" / "ckpt" / "last.pt")["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ----------------------------------------------------------------------------- DDP
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+DDP_CFG = dict(max_steps=4, batch_size=8, grad_accum=2, lr=1e-2, warmup_steps=1, eval_interval=0, progress=False)
+
+
+def _ddp_fit(out: str) -> None:
+    """Fit a tiny GPT; under DDP each rank writes its own final weights."""
+    from llmpath.train import dist_info
+
+    ids = np.random.default_rng(0).integers(0, 23, 5000)
+    model = tiny(seed=0, dropout=0.0).train()
+    fit(model, lm_loss, RandomWindows(ids, 24, 8, seed=0), TrainConfig(**DDP_CFG))
+    torch.save(model.state_dict(), Path(out) / f"rank{dist_info()[0]}.pt")
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        _ddp_fit(out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_match_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    (tmp_path / "single").mkdir()
+    _ddp_fit(str(tmp_path / "single"))
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    single = torch.load(tmp_path / "single" / "rank0.pt")
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), f"ranks diverged at {k}"
+        torch.testing.assert_close(r0[k], single[k], atol=1e-5, rtol=1e-4)
+    assert not torch.equal(r0["h.0.mlp.c_fc.weight"], tiny(seed=0).state_dict()["h.0.mlp.c_fc.weight"])
+
+
+@pytest.mark.slow
+def test_torchrun_cli_matches_one_process(tmp_path):
+    args = ["gpt", "train", "--preset=tiny", "--device=cpu", "--threads=1", "--train.max_steps=4",
+            "--train.batch_size=8", "--train.eval_interval=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                    f"--master_port={_free_port()}", "-m", "llmpath", *args, f"--out={tmp_path / 'ddp'}"],
+                   check=True, env=env, timeout=300, capture_output=True)
+    assert main([*args, f"--out={tmp_path / 'one'}"]) == 0
+    ddp = load_checkpoint(tmp_path / "ddp" / "gpt" / "tiny" / "ckpt" / "last.pt")
+    one = load_checkpoint(tmp_path / "one" / "gpt" / "tiny" / "ckpt" / "last.pt")
+    assert ddp["step"] == one["step"] == 4
+    for k in one["model"]:
+        torch.testing.assert_close(ddp["model"][k], one["model"][k], atol=1e-5, rtol=1e-4)
+    summary = json.loads((tmp_path / "ddp" / "gpt" / "tiny" / "summary.json").read_text())
+    assert summary["world_size"] == 2

@@ -150,6 +150,19 @@ def test_greedy_and_beam_generation_equal_huggingface():
     assert beam_search(ours, prompt, num_beams=4, max_new_tokens=12).tolist() == ref_beam.tolist()
 
 
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0, 2.0])
+def test_beam_search_with_a_stop_token_equals_huggingface(length_penalty):
+    hf = hf_model(seed=3)
+    ours = from_hf(hf)
+    prompt = torch.randint(0, 96, (1, 6))
+    stop = generate(ours, prompt, 4, greedy=True)[0, -1].item()  # a token the search will meet early
+    ref = hf.generate(prompt, num_beams=4, max_new_tokens=12, do_sample=False, eos_token_id=stop, pad_token_id=stop,
+                      length_penalty=length_penalty)[0].tolist()
+    mine = beam_search(ours, prompt, 4, 12, stop_tokens=[stop], length_penalty=length_penalty)[0].tolist()
+    assert mine[-1] == stop or len(mine) == 6 + 12
+    assert ref[:len(mine)] == mine and all(t == stop for t in ref[len(mine):])  # HF pads a batch with the stop token
+
+
 def test_logits_processing_equals_huggingface_processors():
     from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
                                                         TopKLogitsWarper, TopPLogitsWarper)

@@ -156,23 +156,24 @@ def beam_search(model: GPT, idx: Tensor | Sequence[int], num_beams: int = 4, max
             logp = _next_logits(model, seqs, cache).log_softmax(-1) + scores[:, None]  # (beams, V)
             V = logp.shape[1]
             top, flat = logp.flatten().topk(min(2 * K, logp.numel()))  # 2K: up to K may stop at once
-            parents, tokens, new_scores = [], [], []
-            for s, f in zip(top.tolist(), flat.tolist()):
+            keep = []  # (parent beam, token, score) of the K best continuations that do not stop
+            for rank, (s, f) in enumerate(zip(top.tolist(), flat.tolist())):
                 parent, tok = divmod(f, V)
-                if tok in stops:
+                if tok not in stops:
+                    if len(keep) < K:
+                        keep.append((parent, tok, s))
+                elif rank < K:  # a stop among the K best ends a hypothesis (as in Hugging Face)
                     done.append((s / (step + 1) ** length_penalty, torch.cat([seqs[parent], seqs.new_tensor([tok])])))
-                else:
-                    parents.append(parent), tokens.append(tok), new_scores.append(s)
-                if len(parents) == K:
-                    break
-            index = torch.tensor(parents, device=seqs.device)
-            seqs = torch.cat([seqs[index], torch.tensor(tokens, device=seqs.device)[:, None]], dim=1)
-            scores = torch.tensor(new_scores, device=seqs.device)
+            if not keep:
+                break
+            index = torch.tensor([k[0] for k in keep], device=seqs.device)
+            seqs = torch.cat([seqs[index], torch.tensor([k[1] for k in keep], device=seqs.device)[:, None]], dim=1)
+            scores = torch.tensor([k[2] for k in keep], device=seqs.device)
             if cache is not None:
                 cache.reorder(index)  # each surviving beam continues from its parent's keys/values
             # Done when K hypotheses finished and no running beam can still beat the worst of them.
             best_running = scores.max().item() / (step + 1) ** length_penalty
-            if len(done) >= K and min(sorted(done, key=lambda d: -d[0])[:K], key=lambda d: d[0])[0] >= best_running:
+            if len(done) >= K and sorted((d[0] for d in done), reverse=True)[K - 1] >= best_running:
                 break
     finally:
         model.train(was_training)

@@ -32,6 +32,11 @@ STAGES: list[dict] = [
      "tutorial": "docs/tutorials/02_rnn_lstm.md", "notebook": "notebooks/02_rnn_lstm.ipynb",
      "teaches": "用张量运算手写 RNN、LSTM、GRU（与 torch.nn 逐项一致），在莎士比亚全集上训练字符级语言模型，"
                 "在相同参数量和步数下与 Kneser-Ney 字符 n-gram 比较；画出梯度消失（100+ 步，对数坐标）、梯度爆炸与裁剪、LSTM 门控热力图，并比较采样温度。"},
+    {"num": "5a", "topic": "tokenizer", "title": "分词：从零实现字节级 BPE，训练快，编码与 tiktoken 一致", "run": "llmpath.tokenizers.cli:tour",
+     "tutorial": "docs/tutorials/05a_tokenization.md", "notebook": "notebooks/05a_tokenization.ipynb",
+     "teaches": "用正则预切分（GPT-2 / GPT-4 模式）加字节级 BPE 训练词表：朴素版每步重数所有字符对，快速版只更新含被合并对的词并用带惰性失效的堆取最大对，"
+                "两者学到完全相同的合并；编码结果与 tiktoken 逐 token 相同，任意 Unicode（中文、emoji）都能无损往返；"
+                "在莎士比亚与中文评论上与 Hugging Face tokenizers 比较词表重合度和压缩率（每字符 token 数）。"},
 ]
 
 

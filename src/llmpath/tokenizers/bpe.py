@@ -1,0 +1,200 @@
+"""Byte-level BPE training: the naive teaching loop and the fast incremental one, which learn the same merges.
+
+    merges = train_naive("aaabdaaabac", 259)   # [((97, 97), 256), ((97, 98), 257), ((256, 257), 258)]
+    merges = train_fast(text, 4096)            # same list on any text, far faster
+
+Text is first cut into chunks by a regex (GPT-2 or GPT-4 pattern), so merges never cross a chunk
+boundary; each chunk is a list of byte values 0..255. A merge is ((left id, right id), new id).
+
+Tie-breaking rule (both trainers): the most frequent pair wins; among equally frequent pairs the
+smallest (left id, right id) wins. Pairs are counted with overlaps ("aaa" holds (a, a) twice) and a
+merge replaces left to right. When a pair's bytes already form a token (two routes to the same
+string), the merge reuses that token's id and the vocabulary does not grow, as Hugging Face does.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter, defaultdict
+
+import regex
+
+from llmpath.config import ConfigError
+
+# OpenAI's patterns, as tiktoken writes them (r50k/gpt2 and cl100k/gpt-4).
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+GPT4_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+                r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
+PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
+
+Merge = tuple[tuple[int, int], int]
+
+
+def pattern_str(pattern: str) -> str:
+    """A pattern name ('gpt2', 'gpt4') or a regex string -> the regex string."""
+    return PATTERNS.get(pattern, pattern)
+
+
+def pretokenize(text: str, pattern: str = "gpt2") -> Counter:
+    """Chunk -> count. pretokenize("the cat the") -> Counter({' the': 1, 'the': 1, ' cat': 1})"""
+    return Counter(regex.findall(pattern_str(pattern), text))
+
+
+def n_merges_for(vocab_size: int, n_special: int = 0) -> int:
+    n = vocab_size - 256 - n_special
+    if n < 0:
+        raise ConfigError(f"vocab_size={vocab_size} is smaller than 256 bytes + {n_special} special tokens; "
+                         f"choose at least {256 + n_special}")
+    return n
+
+
+# --------------------------------------------------------------------------- teaching version
+
+def get_stats(ids: list[int], counts: dict | None = None) -> dict:
+    """Counts of adjacent pairs. get_stats([1, 2, 3, 1, 2]) -> {(1, 2): 2, (2, 3): 1, (3, 1): 1}"""
+    counts = {} if counts is None else counts
+    for pair in zip(ids, ids[1:]):
+        counts[pair] = counts.get(pair, 0) + 1
+    return counts
+
+
+def merge(ids: list[int], pair: tuple[int, int], idx: int) -> list[int]:
+    """Replace each pair, left to right, by idx. merge([1, 2, 3, 1, 2], (1, 2), 4) -> [4, 3, 4]"""
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and ids[i] == pair[0] and ids[i + 1] == pair[1]:
+            out.append(idx)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def train_naive(text: str, vocab_size: int, pattern: str = "gpt2", n_special: int = 0) -> list[Merge]:
+    """The textbook loop: recount every pair of every chunk, merge the best one, repeat. O(merges x text)."""
+    chunks = [list(c.encode("utf-8")) for c in regex.findall(pattern_str(pattern), text)]
+    vocab = {i: bytes([i]) for i in range(256)}
+    ids_of = {b: i for i, b in vocab.items()}
+    merges: list[Merge] = []
+    while len(vocab) < 256 + n_merges_for(vocab_size, n_special):
+        stats: dict = {}
+        for ids in chunks:
+            get_stats(ids, stats)
+        if not stats:
+            break  # every chunk is a single token: nothing left to merge
+        pair = min(stats, key=lambda p: (-stats[p], p))  # most frequent; ties -> smallest pair
+        new = vocab[pair[0]] + vocab[pair[1]]
+        idx = ids_of.setdefault(new, len(vocab))
+        vocab[idx] = new
+        chunks = [merge(ids, pair, idx) for ids in chunks]
+        merges.append((pair, idx))
+    return merges
+
+
+# ------------------------------------------------------------------------------ fast version
+
+def train_fast(text: str, vocab_size: int, pattern: str = "gpt2", n_special: int = 0) -> list[Merge]:
+    """Same merges as train_naive. Pairs are counted once over the unique chunks (weighted by how often
+    each occurs); after a merge only the chunks holding the merged pair are updated, and a heap with
+    lazy invalidation finds the next best pair. Cost ~ O(total length of the chunks each merge touches)."""
+    return train_from_counts(pretokenize(text, pattern), n_merges_for(vocab_size, n_special))
+
+
+def train_from_counts(chunk_counts: dict[str, int], n_merges: int) -> list[Merge]:
+    words = [list(c.encode("utf-8")) for c in chunk_counts]
+    freqs = list(chunk_counts.values())
+    counts: dict[tuple[int, int], int] = defaultdict(int)  # pair -> weighted count
+    where: dict[tuple[int, int], set[int]] = defaultdict(set)  # pair -> words that (may) hold it
+    for i, w in enumerate(words):
+        for pair in zip(w, w[1:]):
+            counts[pair] += freqs[i]
+            where[pair].add(i)
+    # Entries are (-count, pair): the smallest is the most frequent pair, ties -> the smallest pair.
+    # An entry is stale when its count differs from counts[pair]; a fresh one was pushed on every change.
+    heap = [(-c, p) for p, c in counts.items()]
+    heapq.heapify(heap)
+    vocab = [bytes([i]) for i in range(256)]
+    ids_of = {b: i for i, b in enumerate(vocab)}
+    merges: list[Merge] = []
+    while len(vocab) < 256 + n_merges and heap:
+        neg, pair = heapq.heappop(heap)
+        if counts.get(pair, 0) != -neg:
+            continue  # stale entry
+        new = vocab[pair[0]] + vocab[pair[1]]
+        idx = ids_of.get(new)
+        if idx is None:
+            idx = ids_of[new] = len(vocab)
+            vocab.append(new)
+        merges.append((pair, idx))
+        delta: dict[tuple[int, int], int] = defaultdict(int)
+        for i in where.pop(pair):
+            w, f = words[i], freqs[i]
+            nw = merge(w, pair, idx)
+            if len(nw) == len(w):
+                continue  # this word no longer holds the pair (an earlier merge took it)
+            for p in zip(w, w[1:]):
+                delta[p] -= f
+            for p in zip(nw, nw[1:]):
+                delta[p] += f
+                where[p].add(i)
+            words[i] = nw
+        for p, d in delta.items():
+            if d:
+                c = counts[p] = counts[p] + d
+                if c > 0:
+                    heapq.heappush(heap, (-c, p))
+                else:
+                    del counts[p]
+    return merges
+
+
+def ranks_from_merges(merges: list[Merge]) -> dict[bytes, int]:
+    """tiktoken's mergeable_ranks of a merge list: byte b has rank b, each new token its id."""
+    vocab = {i: bytes([i]) for i in range(256)}
+    for (a, b), idx in merges:
+        vocab[idx] = vocab[a] + vocab[b]
+    return {tok: i for i, tok in vocab.items()}
+
+
+# ------------------------------------------------------------------------------ encoding a chunk
+
+def bpe_encode_naive(ranks: dict[bytes, int], piece: bytes) -> list[int]:
+    """tiktoken's rule, readable: merge the adjacent pair whose bytes have the lowest rank (leftmost on
+    ties) until no adjacent pair is a token. A piece that is itself a token is taken whole first."""
+    if piece in ranks:
+        return [ranks[piece]]
+    parts = [bytes([b]) for b in piece]
+    while True:
+        best = None
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and (best is None or r < best[0]):
+                best = (r, i)
+        if best is None:
+            return [ranks[p] for p in parts]
+        i = best[1]
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+
+
+def bpe_encode(ranks: dict[bytes, int], piece: bytes) -> list[int]:
+    """Same result as bpe_encode_naive; keeps the rank of each adjacent pair and recomputes only the two
+    neighbours of a merge (tiktoken's _byte_pair_merge), so a piece of n bytes costs O(n x merges)."""
+    tok = ranks.get(piece)
+    if tok is not None:
+        return [tok]
+    inf = 1 << 62
+    bounds = list(range(len(piece) + 1))  # part k is piece[bounds[k]:bounds[k + 1]]
+    pr = [ranks.get(piece[i:i + 2], inf) for i in range(len(piece) - 1)]  # rank of part k + part k+1
+    while pr:
+        r = min(pr)
+        if r == inf:
+            break
+        k = pr.index(r)  # leftmost lowest rank
+        del bounds[k + 1]
+        del pr[k]
+        if k > 0:
+            pr[k - 1] = ranks.get(piece[bounds[k - 1]:bounds[k + 1]], inf)
+        if k < len(pr):
+            pr[k] = ranks.get(piece[bounds[k]:bounds[k + 2]], inf)
+    return [ranks[piece[a:b]] for a, b in zip(bounds, bounds[1:])]

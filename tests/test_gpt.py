@@ -275,6 +275,22 @@ def test_train_tiny_then_sample_stream_chat_export(tmp_path, capsys):
     assert capsys.readouterr().out == from_folder
 
 
+def test_bpe_run_exports_a_gpt2_folder_with_its_tokenizer(tmp_path, capsys):
+    pytest.importorskip("llmpath.tokenizers")
+    out = str(tmp_path)
+    run = ["--preset=tiny", "--tokenizer=bpe", "--bpe-vocab-size=300", f"--out={out}", "--train.max_steps=5"]
+    assert _cli("train", *run) == 0
+    assert _cli("export", "--preset=tiny", f"--out={out}") == 0
+    folder = tmp_path / "gpt" / "tiny" / "hf"
+    assert (folder / "vocab.json").exists() and (folder / "merges.txt").exists()
+    capsys.readouterr()
+    assert _cli("sample", "ROMEO:", f"--run={folder}", "--greedy", "--max-new-tokens=8") == 0
+    from_folder = capsys.readouterr().out
+    assert _cli("sample", "ROMEO:", "--preset=tiny", f"--out={out}", "--greedy", "--max-new-tokens=8",
+                "--stop=<|endoftext|>") == 0
+    assert capsys.readouterr().out == from_folder
+
+
 def _run_chat(out: str, stdin: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "llmpath", "gpt", "chat", "--preset=tiny", f"--out={out}",
                            "--max-new-tokens=10"], input=stdin, capture_output=True, text=True, timeout=120)

@@ -24,7 +24,7 @@ import torch
 from llmpath.common import count_params, get_device, log, prepare_run, read_json, setup_logging, write_json
 from llmpath.config import Command, ConfigError, RunConfig, TrainConfig, from_dict, opt, sub
 from llmpath.data import EpochBatches, RandomWindows, load_classification, split_indices, split_text
-from llmpath.gpt.data import encode_known, lm_text, make_tokenizer, tokenizer_from_hf_files, tokenizer_from_state
+from llmpath.gpt.data import encode_known, encode_special, lm_text, make_tokenizer, tokenizer_from_hf_files, tokenizer_from_state
 from llmpath.gpt.finetune import (GPTClassifier, classify_loss, collate, encode_texts, lm_loss, lm_val_loss,
                                   predict)
 from llmpath.gpt.generate import beam_search, generate, stream
@@ -199,7 +199,7 @@ def _stop_ids(tok, stop: str) -> list[int]:
     ids = []
     for s in [p for p in stop.split(",") if p]:
         s = s.encode().decode("unicode_escape")  # '\n' typed on a command line means a newline
-        enc = tok.encode(s)
+        enc = encode_special(tok, s)
         if len(enc) != 1:
             raise ConfigError(f"stop string {s!r} is {len(enc)} tokens; each stop must be exactly one token")
         ids += enc

@@ -52,6 +52,11 @@ def tokenizer_from_hf_files(folder) -> object:
     return _bpe().from_hf_files(folder)
 
 
+def encode_special(tok, text: str) -> list[int]:
+    """Ids of text where special tokens such as <|endoftext|> are single tokens (a BPE option; chars have none)."""
+    return tok.encode(text, allowed_special="all") if getattr(tok, "special_tokens", None) else tok.encode(text)
+
+
 def known_text(tok, text: str) -> str:
     """text without the characters a char vocabulary lacks (a byte-level BPE encodes anything)."""
     if isinstance(tok, CharTokenizer) and not tok.unk:

@@ -1,0 +1,1 @@
+"""Stage 3: attention seq2seq translation (Bahdanau and Luong), beam search, BLEU, alignment maps."""

@@ -129,16 +129,7 @@ def train_from_counts(chunk_counts: dict[str, int], n_merges: int) -> list[Merge
         merges.append((pair, idx))
         delta: dict[tuple[int, int], int] = defaultdict(int)
         for i in where.pop(pair):
-            w, f = words[i], freqs[i]
-            nw = merge(w, pair, idx)
-            if len(nw) == len(w):
-                continue  # this word no longer holds the pair (an earlier merge took it)
-            for p in zip(w, w[1:]):
-                delta[p] -= f
-            for p in zip(nw, nw[1:]):
-                delta[p] += f
-                where[p].add(i)
-            words[i] = nw
+            _merge_in_place(words[i], pair, idx, freqs[i], delta, where, i)
         for p, d in delta.items():
             if d:
                 c = counts[p] = counts[p] + d
@@ -147,6 +138,33 @@ def train_from_counts(chunk_counts: dict[str, int], n_merges: int) -> list[Merge
                 else:
                     del counts[p]
     return merges
+
+
+def _merge_in_place(w: list[int], pair: tuple[int, int], idx: int, f: int, delta: dict, where: dict, wi: int) -> None:
+    """merge(w, pair, idx) in place, adding to delta only the pair counts that change, each weighted by f:
+    x a b y -> x X y loses (x, a), (a, b), (b, y) and gains (x, X), (X, y). Back-to-back merges stay right
+    because the left neighbour is read from the already merged list."""
+    a, b = pair
+    i = 0
+    while True:
+        try:
+            i = w.index(a, i)  # C-speed scan to the next candidate
+        except ValueError:
+            return
+        if i + 1 < len(w) and w[i + 1] == b:
+            delta[pair] -= f
+            if i > 0:
+                x = w[i - 1]
+                delta[x, a] -= f
+                delta[x, idx] += f
+                where[x, idx].add(wi)
+            if i + 2 < len(w):
+                y = w[i + 2]
+                delta[b, y] -= f
+                delta[idx, y] += f
+                where[idx, y].add(wi)
+            w[i:i + 2] = [idx]
+        i += 1
 
 
 def ranks_from_merges(merges: list[Merge]) -> dict[bytes, int]:

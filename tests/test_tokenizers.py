@@ -1,0 +1,225 @@
+"""Byte-level BPE: naive == fast training, our encode == tiktoken's with our ranks, round trips, file forms, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmpath.cli import main
+from llmpath.data import load_text
+from llmpath.tokenizers import (
+    CHAT_TOKENS,
+    ENDOFTEXT,
+    SpecialTokenError,
+    Tokenizer,
+    bpe_encode,
+    bpe_encode_naive,
+    from_hf_files,
+    from_state_dict,
+    get_stats,
+    load,
+    merge,
+    save,
+    train_fast,
+    train_gpt_tokenizer,
+    train_naive,
+)
+from llmpath.tokenizers.compare import chinese_text, same_as_tiktoken
+from llmpath.tokenizers.files import bytes_to_unicode, recover_merges
+
+tiktoken = pytest.importorskip("tiktoken")
+
+MIXED = "Hello world! 你好，世界。🙂🚀 naïve café ‘quotes’ \t\n\n  12345 x\u200by  \r\n"
+
+
+@pytest.fixture(scope="module")
+def english():
+    return load_text("shakespeare")
+
+
+@pytest.fixture(scope="module")
+def chinese():
+    return chinese_text()
+
+
+@pytest.fixture(scope="module")
+def tok_en(english):
+    return Tokenizer.train(english[:200_000], 1024)
+
+
+def test_helpers_docstring_examples():
+    assert get_stats([1, 2, 3, 1, 2]) == {(1, 2): 2, (2, 3): 1, (3, 1): 1}
+    assert merge([1, 2, 3, 1, 2], (1, 2), 4) == [4, 3, 4]
+    assert get_stats([7, 7, 7]) == {(7, 7): 2}  # overlapping pairs both count
+    assert merge([7, 7, 7], (7, 7), 9) == [9, 7]  # left to right
+    assert train_naive("aaabdaaabac", 259) == [((97, 97), 256), ((97, 98), 257), ((256, 257), 258)]
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_naive_and_fast_training_learn_the_same_merges(pattern, lang, english, chinese):
+    text = english[:12_000] if lang == "en" else chinese[:6_000]
+    naive = train_naive(text, 256 + 120, pattern)
+    assert len(naive) == 120
+    assert train_fast(text, 256 + 120, pattern) == naive
+
+
+def test_fast_training_stops_when_nothing_is_left_to_merge():
+    assert train_fast("ab ab", 1000) == train_naive("ab ab", 1000) == [((97, 98), 256), ((32, 256), 257)]
+
+
+def test_tie_break_is_the_smallest_pair():
+    # chunks ab , cd , ab , cd: "ab" and "cd" both occur twice; (97, 98) < (99, 100) wins, then (99, 100)
+    assert [p for p, _ in train_fast("ab,cd,ab,cd", 258)] == [(97, 98), (99, 100)]
+    assert [p for p, _ in train_naive("ab,cd,ab,cd", 258)] == [(97, 98), (99, 100)]
+
+
+def test_fast_and_naive_chunk_encoders_agree(tok_en, chinese):
+    for chunk in tok_en._pat.findall(MIXED + chinese[:3000] + " disposition remembrance"):
+        b = chunk.encode()
+        assert bpe_encode(tok_en.mergeable_ranks, b) == bpe_encode_naive(tok_en.mergeable_ranks, b)
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+@pytest.mark.parametrize("vocab_size", [300, 1000, 4096])
+def test_encode_equals_tiktoken_on_shakespeare(pattern, vocab_size, english):
+    tok = Tokenizer.train(english[:300_000], vocab_size, pattern)
+    held = english[300_000:1_300_000]  # 1M characters never seen in training
+    same, n = same_as_tiktoken(tok, held)
+    assert same, f"first differing token at index {n}"
+    assert n > 200_000
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+@pytest.mark.parametrize("vocab_size", [300, 2000, 8000])
+def test_encode_equals_tiktoken_on_chinese(pattern, vocab_size, chinese):
+    tok = Tokenizer.train(chinese[:200_000], vocab_size, pattern)
+    held = chinese[200_000:500_000] + MIXED  # 300k characters never seen in training
+    same, n = same_as_tiktoken(tok, held)
+    assert same, f"first differing token at index {n}"
+    assert tok.decode(tok.encode(held)) == held
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_round_trip_and_tiktoken_on_any_string(tok_en, text):
+    ids = tok_en.encode(text, disallowed_special=())
+    assert tok_en.decode(ids) == text
+    assert ids == tok_en.to_tiktoken().encode(text, disallowed_special=())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=30), st.sampled_from([ENDOFTEXT, *CHAT_TOKENS])), max_size=8))
+def test_special_tokens_inside_any_text(tok_en, parts):
+    text = "".join(parts)
+    ids = tok_en.encode(text, allowed_special="all")
+    assert ids == tok_en.to_tiktoken().encode(text, allowed_special="all")
+    assert tok_en.decode(ids) == text
+
+
+def test_special_token_policy_matches_tiktoken(tok_en):
+    enc = tok_en.to_tiktoken()
+    text = f"hi{ENDOFTEXT}<|im_start|>user\nyo<|im_end|>"
+    with pytest.raises(SpecialTokenError, match="special token"):
+        tok_en.encode(text)
+    with pytest.raises(ValueError):
+        enc.encode(text)
+    for kw in [dict(allowed_special="all"), dict(disallowed_special=()), dict(allowed_special={ENDOFTEXT}, disallowed_special=()),
+               dict(allowed_special={"<|im_start|>", "<|im_end|>"}, disallowed_special=())]:
+        assert tok_en.encode(text, **kw) == enc.encode(text, **kw), kw
+    ids = tok_en.encode(text, allowed_special="all")
+    assert tok_en.eot_token == tok_en.special_tokens[ENDOFTEXT] == 1021
+    assert ids.count(1021) == 1 and tok_en.special_tokens["<|im_start|>"] in ids
+    assert len(tok_en.encode(ENDOFTEXT, disallowed_special=())) > 1
+    with pytest.raises(SpecialTokenError, match="not a special token"):
+        tok_en.encode("x", allowed_special={"<|nope|>"})
+
+
+def test_vocab_size_counts_specials_and_lone_surrogates_are_replaced(tok_en):
+    assert tok_en.vocab_size == 1024 and len(tok_en.mergeable_ranks) == 1021
+    assert tok_en.decode(tok_en.encode("a\ud800b")) == "a\ufffdb"
+    assert tok_en.encode_batch(["ab", "cd"]) == [tok_en.encode("ab"), tok_en.encode("cd")]
+
+
+def test_with_special_tokens_adds_ids_after_the_last(tok_en):
+    t = Tokenizer(tok_en.mergeable_ranks, "gpt2", {ENDOFTEXT: 1021}).with_special_tokens(CHAT_TOKENS)
+    assert t.special_tokens == {ENDOFTEXT: 1021, "<|im_start|>": 1022, "<|im_end|>": 1023}
+
+
+def test_bytes_to_unicode_is_gpt2s():
+    m = bytes_to_unicode()
+    assert len(set(m.values())) == 256 and m[ord(" ")] == "Ġ" and m[ord("\n")] == "Ċ" and m[ord("A")] == "A"
+
+
+def test_save_load_both_forms_and_state_dict(tok_en, tmp_path, english):
+    save(tok_en, tmp_path)
+    text = english[-20_000:] + MIXED + ENDOFTEXT
+    want = tok_en.encode(text, allowed_special="all")
+    for path in [tmp_path, tmp_path / "bpe.tiktoken", tmp_path / "vocab.json"]:
+        assert load(path).encode(text, allowed_special="all") == want, path
+    (tmp_path / "bpe.tiktoken").unlink()
+    assert from_hf_files(tmp_path).encode(text, allowed_special="all") == want  # specials read from vocab.json
+    d = json.loads(json.dumps(tok_en.state_dict()))
+    assert from_state_dict(d).encode(text, allowed_special="all") == want
+    assert recover_merges(tok_en.mergeable_ranks) == tok_en.merges
+
+
+def test_hf_files_read_by_hugging_face_give_our_ids(tok_en, tmp_path, english):
+    transformers = pytest.importorskip("transformers")
+    tok_en.save_hf(tmp_path)
+    text = english[-30_000:]
+    hf = transformers.GPT2Tokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    assert hf.encode(text) == tok_en.encode_ordinary(text)
+
+
+def test_loads_a_vocabulary_trained_by_hugging_face(tmp_path, english):
+    """HF's byte ids are permuted (as in GPT-2's files): ranks are not byte values, and encoding still agrees."""
+    pytest.importorskip("tokenizers")
+    from llmpath.tokenizers.compare import train_hf
+
+    hf = train_hf(english[:100_000], 600)
+    hf.model.save(str(tmp_path))
+    ours = from_hf_files(tmp_path)
+    assert ours.mergeable_ranks[b"A"] != ord("A") and ours.special_tokens[ENDOFTEXT] == 0
+    text = english[100_000:150_000]
+    assert ours.encode_ordinary(text) == hf.encode(text).ids
+    assert same_as_tiktoken(ours, text)[0]
+
+
+def test_bad_files_say_what_is_wrong(tmp_path):
+    (tmp_path / "x.tiktoken").write_text("not base64 at all\n")
+    with pytest.raises(ValueError, match="base64-token rank"):
+        load(tmp_path / "x.tiktoken")
+    with pytest.raises(ValueError, match="does not exist"):
+        load(tmp_path / "nope")
+    (tmp_path / "x.tiktoken").unlink()
+    with pytest.raises(ValueError, match="neither"):
+        load(tmp_path)
+
+
+def test_gpt_facing_helpers(english):
+    tok = train_gpt_tokenizer(english[:50_000], 300)
+    assert tok.vocab_size == 300 and tok.encode("\n", allowed_special="all") == [10]
+    assert from_state_dict(tok.state_dict()).encode(english[:2000]) == tok.encode(english[:2000])
+
+
+def test_cli_train_and_encode(tmp_path, capsys):
+    out = tmp_path / "tok"
+    assert main(["tokenizer", "train", "--preset=tiny", "--vocab-size", "400", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["same_as_tiktoken"] and summary["round_trip"] and summary["vocab_size"] == 400
+    capsys.readouterr()
+    assert main(["tokenizer", "encode", "--tok", str(out), "--color=never", "To be 你<|endoftext|>"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("[T") and "[ be]" in lines[0] and "[<|endoftext|>]" in lines[0] and "<e4>" in lines[0]
+    assert main(["tokenizer", "train", "--vocab-size=100", f"--out={out}"]) == 2
+    assert "leaves no merges" in capsys.readouterr().err
+
+
+def test_smoke():
+    from llmpath.tokenizers.cli import smoke
+
+    assert "round trip ok" in smoke()

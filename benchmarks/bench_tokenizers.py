@@ -1,0 +1,117 @@
+"""BPE training time (ours vs the naive loop vs Hugging Face `tokenizers`) and encode MB/s (ours vs tiktoken).
+
+    .venv/bin/python benchmarks/bench_tokenizers.py            # ~4 min on 2 cores
+    .venv/bin/python benchmarks/bench_tokenizers.py --quick    # smaller naive runs, ~1 min
+
+Training text: the first 1,000,000 characters of `shakespeare` (1.0 MB) and of the Chinese text
+(chinese-reviews + hsk, ~2.9 MB of UTF-8). The naive loop recounts every pair each merge, so it is
+timed at equal merges in two ways, never extrapolated: the first --naive-merges merges on the full
+1 MB, and the whole 4k vocabulary on the first --naive-chars characters. Encoding is single-threaded
+on held-out text the tokenizer never saw; ours is timed with a cold and a warm chunk cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+from llmpath.data import load_text
+from llmpath.tokenizers import Tokenizer, train_fast, train_naive
+from llmpath.tokenizers.bpe import pretokenize, train_from_counts
+from llmpath.tokenizers.compare import chinese_text, compare_with_hf, train_hf
+
+
+def timed(fn, repeats: int = 1):
+    """(median seconds, last result)."""
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def training(text: str, label: str, vocab: int, naive_merges: int, naive_chars: int, repeats: int) -> None:
+    mb = len(text.encode("utf-8")) / 1e6
+    print(f"\n## training, {label}: {len(text):,} chars ({mb:.2f} MB), vocab {vocab} (no special tokens)")
+    t_ours, merges = timed(lambda: train_fast(text, vocab), repeats)
+    t_pre, counts = timed(lambda: pretokenize(text), repeats)
+    t_hf, _ = timed(lambda: train_hf(text, vocab, special_tokens=()), repeats)
+    print(f"| trainer | merges | seconds | vs ours |\n|---|---|---|---|")
+    print(f"| ours (incremental + heap) | {len(merges)} | {t_ours:.2f} (regex pre-tokenization {t_pre:.2f}) | 1.00x |")
+    print(f"| HF tokenizers (Rust, {os.cpu_count()} threads) | {vocab - 256} | {t_hf:.2f} | {t_hf / t_ours:.2f}x |")
+    # naive at equal merges, 1: the first naive_merges merges on the whole text
+    t_n1, m1 = timed(lambda: train_naive(text, 256 + naive_merges))
+    t_o1, o1 = timed(lambda: train_fast(text, 256 + naive_merges), repeats)
+    assert m1 == o1, "naive and fast trainers disagree"
+    print(f"| naive, same text, first {naive_merges} merges | {naive_merges} | {t_n1:.2f} vs ours {t_o1:.3f} | "
+          f"**naive / ours = {t_n1 / t_o1:.0f}x** |")
+    # naive at equal merges, 2: the whole vocabulary on a smaller text
+    small = text[:naive_chars]
+    t_n2, m2 = timed(lambda: train_naive(small, vocab))
+    t_o2, o2 = timed(lambda: train_fast(small, vocab), repeats)
+    assert m2 == o2, "naive and fast trainers disagree"
+    print(f"| naive, first {naive_chars:,} chars, all {len(m2)} merges | {len(m2)} | {t_n2:.2f} vs ours {t_o2:.3f} | "
+          f"**naive / ours = {t_n2 / t_o2:.0f}x** |")
+    # where our time goes: merging alone, from the chunk counts
+    t_m, _ = timed(lambda: train_from_counts(counts, vocab - 256), repeats)
+    print(f"(ours without pre-tokenization: {t_m:.2f} s for {vocab - 256} merges, {1e3 * t_m / (vocab - 256):.2f} ms/merge)")
+
+
+def encoding(tok: Tokenizer, held: str, label: str, repeats: int) -> None:
+    mb = len(held.encode("utf-8")) / 1e6
+    enc = tok.to_tiktoken()
+    t_cold, ids = timed(lambda: Tokenizer(tok.mergeable_ranks, tok.pattern, tok.special_tokens).encode(held), repeats)
+    t_warm, _ = timed(lambda: tok.encode(held), repeats + 1)
+    t_tik, ref = timed(lambda: enc.encode(held), repeats)
+    t_ord, _ = timed(lambda: enc.encode_ordinary(held), repeats)
+    assert ids == ref, "ours and tiktoken disagree"
+    print(f"\n## encode, {label}: {mb:.2f} MB held out, {len(ids):,} tokens (identical ids)")
+    print("| encoder | MB/s | tiktoken faster by |\n|---|---|---|")
+    print(f"| ours, cold cache | {mb / t_cold:.1f} | {t_cold / t_tik:.1f}x |")
+    print(f"| ours, warm cache | {mb / t_warm:.1f} | {t_warm / t_tik:.1f}x |")
+    print(f"| tiktoken encode (1 thread) | {mb / t_tik:.1f} | 1.0x |")
+    print(f"| tiktoken encode_ordinary | {mb / t_ord:.1f} | - |")
+    import regex
+
+    t_re, _ = timed(lambda: regex.findall(tok.pat_str, held), repeats)
+    print(f"(the `regex` pre-tokenization alone: {mb / t_re:.1f} MB/s)")
+
+
+def compression(en: str, en_held: str, zh: str, zh_held: str, sizes: list[int]) -> None:
+    print("\n## compression on held-out text, ours vs HF tokenizers trained on the same text")
+    print("| text | vocab | ours tokens/char | HF tokens/char | shared tokens | overlap (Jaccard) |\n|---|---|---|---|---|---|")
+    for label, text, held in [("shakespeare", en, en_held), ("中文", zh, zh_held)]:
+        for v in sizes:
+            r = compare_with_hf(text, held, v)
+            print(f"| {label} | {v} | {r['ours_tpc']:.3f} | {r['hf_tpc']:.3f} | {r['shared']:,} / {r['ours_n']:,} | "
+                  f"{r['overlap']:.1%} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--chars", type=int, default=1_000_000, help="training characters (1M = ~1 MB of Shakespeare)")
+    ap.add_argument("--vocab", type=int, default=4096, help="vocabulary size to train")
+    ap.add_argument("--naive-merges", type=int, default=100, help="naive on the full text: this many merges")
+    ap.add_argument("--naive-chars", type=int, default=100_000, help="naive at the full vocabulary: this many chars")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of the fast paths (median)")
+    ap.add_argument("--quick", action="store_true", help="naive runs 20 merges / 30k chars; 1 repeat")
+    args = ap.parse_args()
+    if args.quick:
+        args.naive_merges, args.naive_chars, args.repeats = 20, 30_000, 1
+    full = load_text("shakespeare")
+    en, en_held = full[:args.chars], full[args.chars:args.chars + 2_000_000]
+    zh_all = chinese_text()
+    zh, zh_held = zh_all[:args.chars], zh_all[args.chars:args.chars + 300_000]
+    print(f"byte-level BPE benchmark; GPT-2 regex; {os.cpu_count()} CPU cores")
+    training(en, "shakespeare", args.vocab, args.naive_merges, args.naive_chars, args.repeats)
+    training(zh, "Chinese", args.vocab, args.naive_merges // 2, args.naive_chars // 4, args.repeats)
+    encoding(Tokenizer.train(en, args.vocab), en_held, "shakespeare", args.repeats)
+    encoding(Tokenizer.train(zh, args.vocab), zh_held, "Chinese", args.repeats)
+    compression(en, en_held[:500_000], zh, zh_held, [1024, 4096, 16384])
+
+
+if __name__ == "__main__":
+    main()

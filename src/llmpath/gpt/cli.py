@@ -22,16 +22,17 @@ import numpy as np
 import torch
 
 from llmpath.common import count_params, get_device, log, prepare_run, read_json, setup_logging, write_json
-from llmpath.config import Command, ConfigError, RunConfig, TrainConfig, from_dict, opt, sub
+from llmpath.config import Command, ConfigError, RunConfig, TrainConfig, build_config, from_dict, opt, sub
 from llmpath.data import EpochBatches, RandomWindows, load_classification, split_indices, split_text
-from llmpath.gpt.data import encode_known, encode_special, lm_text, make_tokenizer, tokenizer_from_hf_files, tokenizer_from_state
+from llmpath.gpt.data import (encode_known, encode_special, lm_text, make_tokenizer, tokenizer_from_hf_files,
+                              tokenizer_from_state)
 from llmpath.gpt.finetune import (GPTClassifier, classify_loss, collate, encode_texts, lm_loss, lm_val_loss,
                                   predict)
 from llmpath.gpt.generate import beam_search, generate, stream
 from llmpath.gpt.hf import from_hf, local_folder, to_hf
 from llmpath.gpt.model import GPT, MODEL_PRESETS, GPTConfig
 from llmpath.plotting import save_fig, training_curves
-from llmpath.train import dist_info, fit, init_distributed, load_checkpoint, read_metrics
+from llmpath.train import dist_info, fit, init_distributed, load_checkpoint, load_weights, read_metrics
 
 TOPIC = "gpt"
 CHAR_TOKENIZER = "llmpath_tokenizer.json"  # not tokenizer.json: that name is Hugging Face's fast-tokenizer file
@@ -71,11 +72,13 @@ PRESETS: dict[str, dict] = {
 
 # ----------------------------------------------------------------------------- loading
 
-def load_run(run: str | Path, device: torch.device | str = "cpu", which: str = "best"):
-    """(model, tokenizer, GPTRun) of a trained run folder."""
+def load_run(run: str | Path, device: torch.device | str = "cpu", which: str = "best", dropout: float | None = None):
+    """(model, tokenizer, GPTRun) of a trained run folder; `dropout` replaces the run's own when given."""
     run = Path(run)
     ckpt = load_checkpoint(run / "ckpt" / f"{which}.pt", map_location=device)
     cfg = from_dict(GPTRun, ckpt["config"])
+    if dropout is not None:
+        cfg.model.dropout = dropout
     model = GPT(cfg.model)
     model.load_state_dict(ckpt["model"])
     return model.to(device), tokenizer_from_state(read_json(run / "tokenizer.json")), cfg
@@ -85,9 +88,7 @@ def load_any(src: str, device: torch.device | str = "cpu", dropout: float = 0.0)
     """(model, tokenizer): a run folder of ours, a GPT-2 folder (config.json + model.safetensors) or a hub name."""
     path = Path(src)
     if (path / "ckpt").is_dir():
-        model, tok, _ = load_run(path, device)
-        if dropout:
-            model = _with_dropout(model, dropout)
+        model, tok, _ = load_run(path, device, dropout=dropout)
         return model, tok
     if path.exists() and not (path / "config.json").exists():
         raise ConfigError(f"'{src}' is neither a run folder (with ckpt/) nor a GPT-2 folder (with config.json)")
@@ -98,12 +99,6 @@ def load_any(src: str, device: torch.device | str = "cpu", dropout: float = 0.0)
     if not (path / "vocab.json").exists():
         raise ConfigError(f"'{src}' holds no tokenizer (vocab.json + merges.txt, or {CHAR_TOKENIZER})")
     return model, tokenizer_from_hf_files(path)
-
-
-def _with_dropout(model: GPT, p: float) -> GPT:
-    fresh = GPT(replace(model.cfg, dropout=p)).to(next(model.parameters()).device)
-    fresh.load_state_dict(model.state_dict())
-    return fresh
 
 
 # ------------------------------------------------------------------------------- train
@@ -333,9 +328,6 @@ def classify(cfg: ClassifyRun) -> dict:
     """Finetune a classification head from the pretrained GPT and from scratch; accuracy table."""
     from sklearn.metrics import f1_score
 
-    from llmpath.data import load_classification
-    from llmpath.train import load_weights
-
     setup_logging()
     src = cfg.pretrained or str(Path(cfg.out) / TOPIC / (cfg.preset or "small"))
     pre, tok = load_any(src, "cpu")
@@ -459,8 +451,6 @@ def strategies(cfg: SampleRun, n_samples: int = 4, length: int = 200) -> str:
 
 def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> dict:
     """Stage 5 of `llmpath tour`: pretrain the preset on Shakespeare, sample, time the KV cache."""
-    from llmpath.config import build_config
-
     cfg = build_config(GPTRun, [f"--preset={preset}", f"--out={out}"], PRESETS)
     run = Path(out) / TOPIC / cfg.name
     summary = None

@@ -138,15 +138,20 @@ def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> dict:
     """Train the preset's vocabulary on Shakespeare and on Chinese; tiktoken check, round trip, compression."""
     cfg = build_config(TokTrain, [f"--preset={preset}", f"--out={Path(out) / TOPIC / preset}"], PRESETS)
     res = train(cfg)
+    en_tok = load(cfg.out)
     zh = chinese_text()
     n = cfg.max_chars or len(zh) * 9 // 10
+    t0 = time.perf_counter()
     zh_tok = Tokenizer.train(zh[:n], cfg.vocab_size, cfg.pattern)
+    zh_seconds = time.perf_counter() - t0
     zh_held = zh[n:n + 200_000]
     zh_same, _ = same_as_tiktoken(zh_tok, zh_held)
     zh_round = zh_tok.decode(zh_tok.encode(zh_held)) == zh_held
     text, held = train_texts(cfg.data, cfg.max_chars)
-    rows = [{"text": f"{cfg.data} (English)", **compare_with_hf(text, held, cfg.vocab_size, cfg.pattern)},
-            {"text": "chinese-reviews + hsk (中文)", **compare_with_hf(zh[:n], zh_held, cfg.vocab_size, cfg.pattern)}]
+    rows = [{"text": f"{cfg.data} (English)", **compare_with_hf(text, held, cfg.vocab_size, cfg.pattern, en_tok),
+             "ours_s": res["train_seconds"]},
+            {"text": "chinese-reviews + hsk (中文)", **compare_with_hf(zh[:n], zh_held, cfg.vocab_size, cfg.pattern, zh_tok),
+             "ours_s": zh_seconds}]
     passed = bool(res["same_as_tiktoken"] and res["round_trip"] and zh_same and zh_round)
     table = (compression_table(rows) + f"\n\nidentical to tiktoken on held-out text: English {res['same_as_tiktoken']}, "
              f"Chinese {zh_same}; round trip: English {res['round_trip']}, Chinese {zh_round}. "

@@ -61,10 +61,11 @@ def hf_token_bytes(hf, special_tokens=SPECIAL_TOKENS) -> set[bytes]:
     return {from_unicode(t) for t in hf.get_vocab() if t not in special_tokens}
 
 
-def compare_with_hf(train_text: str, held_out: str, vocab_size: int, pattern: str = "gpt2") -> dict:
-    """Train ours and HF's on train_text; vocabulary overlap and tokens per character on held_out."""
+def compare_with_hf(train_text: str, held_out: str, vocab_size: int, pattern: str = "gpt2",
+                    tok: Tokenizer | None = None) -> dict:
+    """Train ours (unless given) and HF's on train_text; vocabulary overlap and tokens per character on held_out."""
     t0 = time.perf_counter()
-    tok = Tokenizer.train(train_text, vocab_size, pattern)
+    tok = tok or Tokenizer.train(train_text, vocab_size, pattern)
     t1 = time.perf_counter()
     row = {"vocab_size": vocab_size, "ours_s": t1 - t0,
            "ours_tpc": len(tok.encode_ordinary(held_out)) / max(len(held_out), 1)}

@@ -15,6 +15,7 @@ from llmpath.config import Command, ConfigError, build_config, help_text
 TOPICS: dict[str, tuple[str, str]] = {
     "mlp": ("llmpath.mlp.cli", "stage 1: MLP with hand-written backprop; text classification"),
     "rnn": ("llmpath.rnn.cli", "stage 2: RNN/LSTM/GRU from scratch; char-level Shakespeare LM"),
+    "seq2seq": ("llmpath.seq2seq.cli", "stage 3: attention seq2seq translation (Bahdanau, Luong), beam search, BLEU"),
     "tokenizer": ("llmpath.tokenizers.cli", "stage 5a: byte-level BPE from scratch, fast to train, identical to tiktoken"),
 }
 

@@ -83,6 +83,7 @@ def check_writable(out: str = "runs") -> Check:
 TOPIC_SMOKE: dict[str, str] = {
     "mlp": "llmpath.mlp.cli:smoke",
     "rnn": "llmpath.rnn.cli:smoke",
+    "seq2seq": "llmpath.seq2seq.cli:smoke",
     "tokenizer": "llmpath.tokenizers.cli:smoke",
 }
 

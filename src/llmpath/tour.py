@@ -32,6 +32,12 @@ STAGES: list[dict] = [
      "tutorial": "docs/tutorials/02_rnn_lstm.md", "notebook": "notebooks/02_rnn_lstm.ipynb",
      "teaches": "用张量运算手写 RNN、LSTM、GRU（与 torch.nn 逐项一致），在莎士比亚全集上训练字符级语言模型，"
                 "在相同参数量和步数下与 Kneser-Ney 字符 n-gram 比较；画出梯度消失（100+ 步，对数坐标）、梯度爆炸与裁剪、LSTM 门控热力图，并比较采样温度。"},
+    {"num": "3", "topic": "seq2seq", "title": "注意力 seq2seq：中英翻译（Bahdanau 与 Luong）、束搜索、BLEU、对齐图",
+     "run": "llmpath.seq2seq.cli:tour",
+     "tutorial": "docs/tutorials/03_attention_seq2seq.md", "notebook": "notebooks/03_attention_seq2seq.ipynb",
+     "teaches": "双向 GRU 编码器（第 2 阶段手写的单元）+ 解码器：先用一个固定上下文向量（信息瓶颈），再加 Bahdanau 加性注意力；"
+                "Luong 的 dot / general / concat 打分在 `llmpath seq2seq compare` 里比较。贪心与束搜索解码，sacrebleu 的 BLEU / chrF，"
+                "以及中文源句 × 英文译文的注意力对齐热力图。"},
     {"num": "5a", "topic": "tokenizer", "title": "分词：从零实现字节级 BPE，训练快，编码与 tiktoken 一致", "run": "llmpath.tokenizers.cli:tour",
      "tutorial": "docs/tutorials/05a_tokenization.md", "notebook": "notebooks/05a_tokenization.ipynb",
      "teaches": "用正则预切分（GPT-2 / GPT-4 模式）加字节级 BPE 训练词表：朴素版每步重数所有字符对，快速版只更新含被合并对的词并用带惰性失效的堆取最大对，"

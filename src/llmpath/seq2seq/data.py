@@ -167,6 +167,8 @@ def load_translation(data: str = "hsk-pairs", direction: str = "zh-en", seed: in
                      max_vocab: int | None = None) -> TranslationData:
     """The fixed 90/5/5 split (llmpath.data.split_indices, seeded) with vocabularies from train only.
 
+    hsk-pairs: the 4,289 pairs left after dropping 65 whose English side is the word "placeholder".
+
     `data` is 'hsk-pairs' (Chinese, English), 'dates' (the synthetic task) or a .csv/.tsv/.jsonl file of
     src,tgt pairs written Chinese first (the direction flag swaps them).
     """
@@ -177,6 +179,8 @@ def load_translation(data: str = "hsk-pairs", direction: str = "zh-en", seed: in
         tok_src = tok_tgt = _tokenize_dates
     else:
         pairs = load_pairs(data)
+        if data == "hsk-pairs":  # 65 pairs carry the stand-in translation "placeholder": not a translation
+            pairs = [(a, b) for a, b in pairs if b.strip().lower() != "placeholder"]
         if direction == "en-zh":
             pairs = [(b, a) for a, b in pairs]
         tok_src, tok_tgt = TOKENIZE[src_lang], TOKENIZE[tgt_lang]

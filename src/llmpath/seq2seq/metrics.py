@@ -13,22 +13,25 @@ def _tok(tgt_lang: str) -> str:
     return "zh" if tgt_lang == "zh" else "13a"
 
 
-def bleu(hyps: Sequence[str], refs: Sequence[str], tgt_lang: str = "en") -> float:
-    """Corpus BLEU (0-100) of hypotheses against one reference each. bleu(['a b c d'], ['a b c d']) -> 100.0"""
+def bleu(hyps: Sequence[str], refs: Sequence[str], tgt_lang: str = "en", lowercase: bool = False) -> float:
+    """Corpus BLEU (0-100) of hypotheses against one reference each. bleu(['a b c d'], ['a b c d']) -> 100.0
+
+    `lowercase=True` scores case-insensitively (our English vocabulary is lower-cased).
+    """
     import sacrebleu
 
     if len(hyps) != len(refs):
         raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references")
-    return float(sacrebleu.corpus_bleu(list(hyps), [list(refs)], tokenize=_tok(tgt_lang)).score)
+    return float(sacrebleu.corpus_bleu(list(hyps), [list(refs)], tokenize=_tok(tgt_lang), lowercase=lowercase).score)
 
 
-def chrf(hyps: Sequence[str], refs: Sequence[str], tgt_lang: str = "en") -> float:
+def chrf(hyps: Sequence[str], refs: Sequence[str], tgt_lang: str = "en", lowercase: bool = False) -> float:
     """Corpus chrF (character n-gram F-score, 0-100); independent of word tokenization."""
     import sacrebleu
 
     if len(hyps) != len(refs):
         raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references")
-    return float(sacrebleu.corpus_chrf(list(hyps), [list(refs)]).score)
+    return float(sacrebleu.metrics.CHRF(lowercase=lowercase).corpus_score(list(hyps), [list(refs)]).score)
 
 
 def exact_match(hyps: Sequence[str], refs: Sequence[str]) -> float:

@@ -1,6 +1,6 @@
 """BPE training time (ours vs the naive loop vs Hugging Face `tokenizers`) and encode MB/s (ours vs tiktoken).
 
-    .venv/bin/python benchmarks/bench_tokenizers.py            # ~4 min on 2 cores
+    .venv/bin/python benchmarks/bench_tokenizers.py            # ~5 min on 2 cores
     .venv/bin/python benchmarks/bench_tokenizers.py --quick    # smaller naive runs, ~1 min
 
 Training text: the first 1,000,000 characters of `shakespeare` (1.0 MB) and of the Chinese text
@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--chars", type=int, default=1_000_000, help="training characters (1M = ~1 MB of Shakespeare)")
     ap.add_argument("--vocab", type=int, default=4096, help="vocabulary size to train")
     ap.add_argument("--naive-merges", type=int, default=100, help="naive on the full text: this many merges")
-    ap.add_argument("--naive-chars", type=int, default=100_000, help="naive at the full vocabulary: this many chars")
+    ap.add_argument("--naive-chars", type=int, default=50_000, help="naive at the full vocabulary: this many chars")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of the fast paths (median)")
     ap.add_argument("--quick", action="store_true", help="naive runs 20 merges / 30k chars; 1 repeat")
     args = ap.parse_args()

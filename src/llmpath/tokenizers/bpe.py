@@ -110,6 +110,8 @@ def train_from_counts(chunk_counts: dict[str, int], n_merges: int) -> list[Merge
         for pair in zip(w, w[1:]):
             counts[pair] += freqs[i]
             where[pair].add(i)
+    texts = ["".join(map(chr, w)) for w in words]  # token ids as characters: C-speed find and replace
+    del words
     # Entries are (-count, pair): the smallest is the most frequent pair, ties -> the smallest pair.
     # An entry is stale when its count differs from counts[pair]; a fresh one was pushed on every change.
     heap = [(-c, p) for p, c in counts.items()]
@@ -129,7 +131,7 @@ def train_from_counts(chunk_counts: dict[str, int], n_merges: int) -> list[Merge
         merges.append((pair, idx))
         delta: dict[tuple[int, int], int] = defaultdict(int)
         for i in where.pop(pair):
-            _merge_in_place(words[i], pair, idx, freqs[i], delta, where, i)
+            texts[i] = _merge_in_word(texts[i], pair, idx, freqs[i], delta, where, i)
         for p, d in delta.items():
             if d:
                 c = counts[p] = counts[p] + d
@@ -140,31 +142,32 @@ def train_from_counts(chunk_counts: dict[str, int], n_merges: int) -> list[Merge
     return merges
 
 
-def _merge_in_place(w: list[int], pair: tuple[int, int], idx: int, f: int, delta: dict, where: dict, wi: int) -> None:
-    """merge(w, pair, idx) in place, adding to delta only the pair counts that change, each weighted by f:
-    x a b y -> x X y loses (x, a), (a, b), (b, y) and gains (x, X), (X, y). Back-to-back merges stay right
-    because the left neighbour is read from the already merged list."""
+def _merge_in_word(s: str, pair: tuple[int, int], idx: int, f: int, delta: dict, where: dict, wi: int) -> str:
+    """merge() on a word spelled as a string (one character chr(id) per token, so str.find and str.replace
+    do the scanning in C), adding to delta only the pair counts that change, each weighted by f:
+    x a b y -> x X y loses (x, a), (a, b), (b, y) and gains (x, X), (X, y). In back-to-back matches
+    (a b a b -> X X) the left neighbour of the second is the X just made, as merge() sees it."""
     a, b = pair
-    i = 0
-    while True:
-        try:
-            i = w.index(a, i)  # C-speed scan to the next candidate
-        except ValueError:
-            return
-        if i + 1 < len(w) and w[i + 1] == b:
-            delta[pair] -= f
-            if i > 0:
-                x = w[i - 1]
-                delta[x, a] -= f
-                delta[x, idx] += f
-                where[x, idx].add(wi)
-            if i + 2 < len(w):
-                y = w[i + 2]
-                delta[b, y] -= f
-                delta[idx, y] += f
-                where[idx, y].add(wi)
-            w[i:i + 2] = [idx]
-        i += 1
+    ab = chr(a) + chr(b)
+    p = s.find(ab)
+    if p < 0:
+        return s  # this word no longer holds the pair (an earlier merge took it)
+    last_end = -1
+    while p >= 0:
+        delta[pair] -= f
+        if p > 0:
+            x = idx if p == last_end else ord(s[p - 1])
+            delta[x, a] -= f
+            delta[x, idx] += f
+            where[x, idx].add(wi)
+        if p + 2 < len(s):
+            y = ord(s[p + 2])
+            delta[b, y] -= f
+            delta[idx, y] += f
+            where[idx, y].add(wi)
+        last_end = p + 2
+        p = s.find(ab, last_end)
+    return s.replace(ab, chr(idx))  # non-overlapping, left to right: the same cut as merge()
 
 
 def ranks_from_merges(merges: list[Merge]) -> dict[bytes, int]:

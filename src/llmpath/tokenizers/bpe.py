@@ -180,22 +180,27 @@ def ranks_from_merges(merges: list[Merge]) -> dict[bytes, int]:
 
 # ------------------------------------------------------------------------------ encoding a chunk
 
-def bpe_encode_naive(ranks: dict[bytes, int], piece: bytes) -> list[int]:
-    """tiktoken's rule, readable: merge the adjacent pair whose bytes have the lowest rank (leftmost on
-    ties) until no adjacent pair is a token. A piece that is itself a token is taken whole first."""
-    if piece in ranks:
-        return [ranks[piece]]
+def bpe_parts(ranks: dict[bytes, int], piece: bytes, max_rank: int | None = None) -> list[bytes]:
+    """Merge the adjacent pair whose bytes have the lowest rank (leftmost on ties), again and again, until
+    no adjacent pair is a token (of rank < max_rank, when given): b"hello" -> [b'hell', b'o'] if b'hello' is no token."""
     parts = [bytes([b]) for b in piece]
     while True:
         best = None
         for i in range(len(parts) - 1):
             r = ranks.get(parts[i] + parts[i + 1])
-            if r is not None and (best is None or r < best[0]):
+            if r is not None and (max_rank is None or r < max_rank) and (best is None or r < best[0]):
                 best = (r, i)
         if best is None:
-            return [ranks[p] for p in parts]
+            return parts
         i = best[1]
         parts[i:i + 2] = [parts[i] + parts[i + 1]]
+
+
+def bpe_encode_naive(ranks: dict[bytes, int], piece: bytes) -> list[int]:
+    """tiktoken's rule, readable: a piece that is itself a token is taken whole; otherwise bpe_parts."""
+    if piece in ranks:
+        return [ranks[piece]]
+    return [ranks[p] for p in bpe_parts(ranks, piece)]
 
 
 def bpe_encode(ranks: dict[bytes, int], piece: bytes) -> list[int]:

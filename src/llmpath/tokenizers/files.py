@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from llmpath.data.corpora import DataError
-from llmpath.tokenizers.bpe import Merge
+from llmpath.tokenizers.bpe import Merge, bpe_parts
 from llmpath.tokenizers.tokenizer import ENDOFTEXT, Tokenizer
 
 TIKTOKEN_FILE, META_FILE = "bpe.tiktoken", "llmpath_bpe.json"
@@ -58,13 +58,7 @@ def recover_merges(ranks: dict[bytes, int]) -> list[Merge]:
     for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
         if len(token) < 2:
             continue
-        parts = [bytes([b]) for b in token]
-        while len(parts) > 2:
-            best = min(((ranks.get(parts[i] + parts[i + 1], rank), i) for i in range(len(parts) - 1)))
-            if best[0] >= rank:
-                break
-            i = best[1]
-            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        parts = bpe_parts(ranks, token, max_rank=rank)
         if len(parts) != 2:
             raise DataError(f"token {token!r} (rank {rank}) is not a merge of two lower-ranked tokens")
         merges.append(((ranks[parts[0]], ranks[parts[1]]), rank))

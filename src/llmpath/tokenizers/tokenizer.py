@@ -66,9 +66,10 @@ class Tokenizer:
 
     def with_special_tokens(self, names: Iterable[str]) -> "Tokenizer":
         """A copy with more special tokens (e.g. CHAT_TOKENS for a GPT-2 vocabulary), at the next free ids."""
-        specials = dict(self.special_tokens)
+        specials, nxt = dict(self.special_tokens), self.vocab_size
         for s in names:
-            specials.setdefault(s, self.vocab_size + len(specials) - len(self.special_tokens))
+            if s not in specials:
+                specials[s], nxt = nxt, nxt + 1
         return Tokenizer(self.mergeable_ranks, self.pattern, specials, self.merges)
 
     # ---------------------------------------------------------------------------- properties

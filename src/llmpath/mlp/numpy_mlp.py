@@ -341,9 +341,12 @@ def numeric_grad(f: Callable[[], float], x: np.ndarray, eps: float = 1e-6) -> np
 
 
 def rel_error(a: np.ndarray, b: np.ndarray) -> float:
-    """max |a - b| / max(|a| + |b|, tiny): scale-free, 0 when equal."""
+    """||a - b|| / (||a|| + ||b||): scale-free, 0 when equal, ~1 when unrelated.
+
+    (A per-entry max of |a-b| / (|a|+|b|) would flag entries of size 1e-9 where the finite
+    difference itself has absolute noise of ~1e-10; the norm ratio weighs entries by size.)"""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.max(np.abs(a - b) / np.maximum(np.abs(a) + np.abs(b), 1e-12)))
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-300))
 
 
 def grad_check_layer(layer: Layer, x: np.ndarray, seed: int = 0) -> dict[str, float]:

@@ -1,0 +1,168 @@
+"""Stage 1: hand-written backprop is right (finite differences, autograd), NumPy == torch,
+the CLI trains end to end, and the MLP matches or beats LogisticRegression."""
+
+import numpy as np
+import pytest
+import torch
+
+from llmpath.cli import main
+from llmpath.config import ConfigError, build_config
+from llmpath.mlp import cli as mlp_cli
+from llmpath.mlp.model import TorchMLP
+from llmpath.mlp.numpy_mlp import (ACTIVATIONS, GELU, MLP, Adam, Linear, Momentum, SGD, grad_check_layer,
+                                   grad_check_loss, grad_check_model, softmax_cross_entropy)
+
+TOL = 1e-6
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def test_config_presets_and_errors():
+    cfg = build_config(mlp_cli.MLPRun, ["--preset=tiny", "--hidden=8", "--train.lr=3e-3"], mlp_cli.PRESETS)
+    assert cfg.hidden == 8 and cfg.train.lr == 3e-3 and cfg.max_train == 1500
+    assert build_config(mlp_cli.MLPRun, [], mlp_cli.PRESETS).preset == "small"
+    with pytest.raises(ConfigError, match="unknown option '--hiden'"):
+        build_config(mlp_cli.MLPRun, ["--hiden=3"], mlp_cli.PRESETS)
+    with pytest.raises(ConfigError, match="choose one of: relu, tanh, sigmoid, gelu"):
+        build_config(mlp_cli.MLPRun, ["--activation=swish"], mlp_cli.PRESETS)
+
+
+def test_linear_gradients_match_finite_differences():
+    layer = Linear(5, 4, rng(), dtype=np.float64)
+    errs = grad_check_layer(layer, rng(1).standard_normal((3, 5)))
+    assert set(errs) == {"x", "W", "b"} and max(errs.values()) < TOL, errs
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_activation_gradients_match_finite_differences(name):
+    x = rng(2).standard_normal((4, 6))
+    x[np.abs(x) < 1e-3] = 0.5  # keep away from ReLU's kink
+    errs = grad_check_layer(ACTIVATIONS[name](), x)
+    assert errs["x"] < TOL, errs
+
+
+def test_loss_gradient_matches_finite_differences():
+    logits = rng(3).standard_normal((5, 4)) * 3
+    assert grad_check_loss(logits, np.array([0, 3, 1, 1, 2])) < TOL
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_whole_model_gradients_match_finite_differences(activation):
+    m = MLP((6, 5, 4, 3), activation, seed=1, dtype=np.float64)
+    x, y = rng(4).standard_normal((7, 6)), np.array([0, 1, 2, 2, 1, 0, 1])
+    errs = grad_check_model(m, x, y)
+    assert len(errs) == 6 and max(errs.values()) < TOL, errs
+
+
+def test_checker_catches_a_wrong_gradient():
+    """A backward pass with a classic bug (forgetting the 1/N of the mean) must fail the check."""
+    m = MLP((6, 5, 3), "tanh", seed=1, dtype=np.float64)
+    x, y = rng(5).standard_normal((4, 6)), np.array([0, 1, 2, 1])
+
+    def buggy(model, x, y):
+        loss, d = softmax_cross_entropy(model.forward(x), y)
+        model.backward(d * len(y))
+        return loss
+
+    assert max(grad_check_model(m, x, y, backward=buggy).values()) > 0.1
+    # and a wrong activation derivative (missing the GELU x*(1-t^2) term) is caught too
+    class BadGELU(GELU):
+        def backward(self, dout):
+            return dout * 0.5 * (1 + self.t)
+
+    assert grad_check_layer(BadGELU(), rng(6).standard_normal((3, 4)))["x"] > 1e-3
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_gradients_match_torch_autograd(activation):
+    m = MLP((8, 6, 3), activation, seed=2, dtype=np.float64)
+    x, y = rng(7).standard_normal((5, 8)), np.array([0, 1, 2, 2, 0])
+    loss = m.loss_and_grads(x, y)
+    t = TorchMLP((8, 6, 3), activation).double().from_numpy(m)
+    tl = torch.nn.functional.cross_entropy(t(torch.from_numpy(x)), torch.from_numpy(y))
+    tl.backward()
+    assert np.isclose(loss, tl.item(), rtol=1e-10)
+    for ln, lt in zip(m.linears(), t.linears()):
+        np.testing.assert_allclose(ln.grads["W"], lt.weight.grad.numpy().T, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(ln.grads["b"], lt.bias.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_numpy_and_torch_forward_agree_float32(activation):
+    m = MLP((20, 16, 3), activation, seed=3)
+    x = rng(8).standard_normal((10, 20)).astype(np.float32)
+    t = TorchMLP((20, 16, 3), activation).from_numpy(m)
+    with torch.no_grad():
+        np.testing.assert_allclose(m(x), t(torch.from_numpy(x)).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_input_equals_dense():
+    sp = pytest.importorskip("scipy.sparse")
+    x = rng(9).standard_normal((6, 30)) * (rng(10).random((6, 30)) < 0.1)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    a, b = MLP((30, 4, 3), seed=0, dtype=np.float64), MLP((30, 4, 3), seed=0, dtype=np.float64)
+    assert a.loss_and_grads(x, y) == pytest.approx(b.loss_and_grads(sp.csr_matrix(x), y))
+    np.testing.assert_allclose(a.layers[0].grads["W"], b.layers[0].grads["W"])
+
+
+@pytest.mark.parametrize("ours, theirs", [
+    (lambda m: SGD(m, 0.1), lambda p: torch.optim.SGD(p, lr=0.1)),
+    (lambda m: Momentum(m, 0.1, beta=0.9), lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)),
+    (lambda m: Adam(m, 0.01), lambda p: torch.optim.Adam(p, lr=0.01)),
+])
+def test_optimizers_match_torch(ours, theirs):
+    """Five steps of our update rules == torch.optim's on the same model and batch."""
+    m = MLP((5, 4, 3), "tanh", seed=4, dtype=np.float64)
+    t = TorchMLP((5, 4, 3), "tanh").double().from_numpy(m)
+    x, y = rng(11).standard_normal((6, 5)), np.array([0, 1, 2, 0, 1, 2])
+    o, ot = ours(m), theirs(t.parameters())
+    for _ in range(5):
+        m.loss_and_grads(x, y)
+        o.step()
+        ot.zero_grad()
+        torch.nn.functional.cross_entropy(t(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+        ot.step()
+    for ln, lt in zip(m.linears(), t.linears()):
+        np.testing.assert_allclose(ln.params["W"], lt.weight.detach().numpy().T, rtol=1e-7, atol=1e-9)
+
+
+def test_hidden_layer_solves_xor_and_linear_does_not():
+    from llmpath.mlp.experiments import fit_small, xor
+
+    x, y = xor()
+    assert (fit_small(x, y, (), 60).predict(x) == y).mean() < 0.75
+    assert (fit_small(x, y, (16,), 60).predict(x) == y).mean() > 0.95
+
+
+def test_smoke():
+    assert "ok" in mlp_cli.smoke()
+
+
+def test_tiny_preset_trains_end_to_end_through_the_cli(tmp_path, capsys):
+    assert main(["mlp", "train", "--preset=tiny", f"--out={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "| tweets | numpy_mlp |" in out and "| chinese-reviews | torch_mlp |" in out
+    run = tmp_path / "mlp" / "tiny"
+    for f in ("results.json", "config.json", "tweets/metrics.jsonl", "tweets/ckpt/best.pt", "tweets/numpy_mlp.npz",
+              "figures/decision_boundary.png", "figures/activations.png", "figures/optimizers.png",
+              "figures/confusion_tweets.png", "figures/curves_chinese-reviews.png"):
+        assert (run / f).exists(), f
+    assert main(["mlp", "eval", "--preset=tiny", f"--out={tmp_path}"]) == 0
+    assert "| chinese-reviews | numpy_mlp |" in capsys.readouterr().out
+    res = mlp_cli.tour("tiny", str(tmp_path))  # reuses the finished run
+    assert res["table"].count("\n") == 7 and len(res["figures"]) == 7
+
+
+@pytest.mark.slow
+def test_mlp_matches_or_beats_logistic_regression_small_preset(tmp_path):
+    """The bar, with exactly the tour's small preset (figures off: they do not change the models)."""
+    cfg = build_config(mlp_cli.MLPRun, ["--preset=small", f"--out={tmp_path}", "--figures=false"], mlp_cli.PRESETS)
+    res = mlp_cli.train(cfg)
+    for ds in ("tweets", "chinese-reviews"):
+        r = res["datasets"][ds]
+        base = r["baseline"]["test"]["accuracy"]
+        for m in ("numpy_mlp", "torch_mlp"):
+            assert r[m]["test"]["accuracy"] >= base - 0.01, (ds, m, r[m]["test"], base)
+    assert res["bar"]["passed"]

@@ -247,8 +247,9 @@ def plot(cfg: MLPRun, run: Path | None = None) -> dict:
         run, _ = prepare_run(cfg, TOPIC)
     name = datasets(cfg)[0]
     f = features_for(cfg, name)
-    n = min(f.x_train.shape[0], 4000)
-    opt_data = (f.x_train[:n], f.y_train[:n], f.n_features, len(f.label_names))
+    # a random 4000 of train (the split is sorted by index and the files by label)
+    idx = np.sort(np.random.default_rng(cfg.seed).permutation(f.x_train.shape[0])[:4000])
+    opt_data = (f.x_train[idx], f.y_train[idx], f.n_features, len(f.label_names))
     info = experiments.save_all(run / "figures", opt_data, cfg.seed, cfg.boundary_epochs, cfg.opt_steps)
     write_json(run / "figures.json", info)
     log.info(f"figures in {run / 'figures'}")

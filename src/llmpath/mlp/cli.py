@@ -267,7 +267,8 @@ def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> dict:
     res = None
     if not fresh and (run / "results.json").exists():
         old = read_json(run / "results.json")
-        if old.get("preset") == preset and all(all(Path(p).exists() for p in old.get("figures", [])) for _ in [0]):
+        # reuse a finished run of this preset when its figures are still there (--fresh retrains)
+        if old.get("preset") == preset and old.get("figures") and all(Path(p).exists() for p in old["figures"]):
             res = old
     res = res or train(cfg)
     worst = min(min(r[m]["test"]["accuracy"] - r["baseline"]["test"]["accuracy"] for m in ("numpy_mlp", "torch_mlp"))

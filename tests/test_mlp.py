@@ -166,3 +166,11 @@ def test_mlp_matches_or_beats_logistic_regression_small_preset(tmp_path):
         for m in ("numpy_mlp", "torch_mlp"):
             assert r[m]["test"]["accuracy"] >= base - 0.01, (ds, m, r[m]["test"], base)
     assert res["bar"]["passed"]
+
+
+def test_train_restores_the_torch_thread_count(tmp_path):
+    before = torch.get_num_threads()
+    cfg = build_config(mlp_cli.MLPRun, ["--preset=tiny", f"--out={tmp_path}", "--data=chinese-reviews",
+                                        "--figures=false", "--threads=1"], mlp_cli.PRESETS)
+    mlp_cli.train(cfg)
+    assert torch.get_num_threads() == before

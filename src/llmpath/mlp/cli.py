@@ -156,9 +156,14 @@ def train(cfg: MLPRun) -> dict:
     """Baseline, NumPy MLP and torch MLP on each dataset; results.json, the table and figures."""
     from threadpoolctl import threadpool_limits  # comes with scikit-learn
 
-    # --threads also caps NumPy's BLAS (the NumPy MLP, LogisticRegression), not only torch
-    with threadpool_limits(cfg.threads if cfg.threads > 0 else None):
-        return _train(cfg)
+    # --threads also caps NumPy's BLAS (the NumPy MLP, LogisticRegression), not only torch; both
+    # are restored afterwards, so later tour stages in the same process keep their thread count
+    torch_threads = torch.get_num_threads()
+    try:
+        with threadpool_limits(cfg.threads if cfg.threads > 0 else None):
+            return _train(cfg)
+    finally:
+        torch.set_num_threads(torch_threads)
 
 
 def _train(cfg: MLPRun) -> dict:

@@ -17,6 +17,7 @@ TOPICS: dict[str, tuple[str, str]] = {
     "rnn": ("llmpath.rnn.cli", "stage 2: RNN/LSTM/GRU from scratch; char-level Shakespeare LM"),
     "seq2seq": ("llmpath.seq2seq.cli", "stage 3: attention seq2seq translation (Bahdanau, Luong), beam search, BLEU"),
     "tokenizer": ("llmpath.tokenizers.cli", "stage 5a: byte-level BPE from scratch, fast to train, identical to tiktoken"),
+    "gpt": ("llmpath.gpt.cli", "stage 5: GPT pretraining, sampling, KV cache, Hugging Face interop, DDP, finetuning"),
 }
 
 USAGE = """usage: llmpath <topic> <command> [--key=value ...]

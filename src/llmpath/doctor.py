@@ -85,6 +85,7 @@ TOPIC_SMOKE: dict[str, str] = {
     "rnn": "llmpath.rnn.cli:smoke",
     "seq2seq": "llmpath.seq2seq.cli:smoke",
     "tokenizer": "llmpath.tokenizers.cli:smoke",
+    "gpt": "llmpath.gpt.cli:smoke",
 }
 
 

@@ -43,6 +43,11 @@ STAGES: list[dict] = [
      "teaches": "用正则预切分（GPT-2 / GPT-4 模式）加字节级 BPE 训练词表：朴素版每步重数所有字符对，快速版只更新含被合并对的词并用带惰性失效的堆取最大对，"
                 "两者学到完全相同的合并；编码结果与 tiktoken 逐 token 相同，任意 Unicode（中文、emoji）都能无损往返；"
                 "在莎士比亚与中文评论上与 Hugging Face tokenizers 比较词表重合度和压缩率（每字符 token 数）。"},
+    {"num": "5", "topic": "gpt", "title": "GPT：预训练、采样、KV 缓存、与 Hugging Face 互通、微调", "run": "llmpath.gpt.cli:tour",
+     "tutorial": "docs/tutorials/05_gpt.md", "notebook": "notebooks/05_gpt.ipynb",
+     "teaches": "只有解码器的 GPT-2 结构（Pre-LN、因果自注意力、GELU、权重共享），在莎士比亚全集上做字符级预训练；"
+                "逐 token 采样（温度、top-k、top-p、重复惩罚）与束搜索；KV 缓存让每个新 token 只算一行注意力，输出与不缓存完全相同；"
+                "权重与 Hugging Face GPT2LMHeadModel 互相导入导出、logits 一致；最后把预训练模型微调到分类和新领域。"},
 ]
 
 

@@ -1,0 +1,1 @@
+"""Stage 4: the Transformer encoder-decoder. attention.py is shared by gpt, bert and vit."""

@@ -50,6 +50,17 @@ def test_failing_stage_does_not_stop_the_tour(monkeypatch, tmp_path, capsys):
     assert "](../fake/figures/bars.png)" in md
 
 
+def test_only_one_stage_keeps_the_others_in_the_report(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(tour, "STAGES", FAKE_STAGES)
+    tour.main(["--yes", f"--out={tmp_path}"])
+    assert tour.main(["--yes", "--only=3", f"--out={tmp_path}"]) == 0  # the broken stage 2 was not re-run
+    assert "from an earlier tour" in capsys.readouterr().out
+    md = (tmp_path / "tour" / "report.md").read_text()
+    assert md.index("## 1.") < md.index("## 2.") < md.index("## 3.") and "(earlier run)" in md
+    tour.main(["--yes", "--only=3", "--preset=tiny", f"--out={tmp_path}"])  # another preset: no mixing
+    assert "## 1." not in (tmp_path / "tour" / "report.md").read_text()
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 

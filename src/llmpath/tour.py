@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import importlib
+import json
 import os
 import re
 import sys
@@ -98,7 +99,7 @@ def _fmt(v) -> str:
 
 def summary_rows(results: list[dict]) -> list[list[str]]:
     return [[r["stage"], r["topic"], r["metric"], _fmt(r["value"]), r["bar"], "PASS" if r["passed"] else "FAIL",
-             f"{r['seconds']:.0f}"] for r in results]
+             f"{r['seconds']:.0f}" + (" (earlier run)" if r.get("earlier") else "")] for r in results]
 
 
 SUMMARY_HEAD = ["stage", "topic", "metric", "value", "bar", "pass", "time (s)"]
@@ -216,9 +217,30 @@ def write_html(results: list[dict], out: Path, total_s: float) -> Path:
     return path
 
 
-def write_report(results: list[dict], out: Path, total_s: float) -> Path:
+def merge_earlier(results: list[dict], out: Path, preset: str) -> list[dict]:
+    """This run's stages plus those of an earlier tour (same preset) that were not re-run, in path order.
+
+    `llmpath tour --only=3` after a full tour then refreshes stage 3 in the report instead of erasing the rest.
+    """
+    path = out / "summary.json"
+    if not path.exists():
+        return results
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return results
+    if earlier.get("preset") != preset:
+        return results
+    done = {r["stage"] for r in results}
+    known = {s["num"] for s in STAGES}
+    kept = [dict(r, earlier=True) for r in earlier.get("stages", []) if r.get("stage") in known - done]
+    order = {s["num"]: i for i, s in enumerate(STAGES)}
+    return sorted(results + kept, key=lambda r: order.get(r["stage"], len(order)))
+
+
+def write_report(results: list[dict], out: Path, total_s: float, preset: str = "") -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "summary.json", {"total_seconds": round(total_s, 1), "stages": results})
+    write_json(out / "summary.json", {"preset": preset, "total_seconds": round(total_s, 1), "stages": results})
     write_markdown(results, out, total_s)
     return write_html(results, out, total_s)
 
@@ -245,7 +267,11 @@ def main(argv: list[str]) -> int:
         print(f"--- stage {stage['num']} {'PASS' if results[-1]['passed'] else 'FAIL'} "
               f"in {results[-1]['seconds']:.0f} s", flush=True)
     total = time.time() - t0
-    report = write_report(results, Path(cfg.out) / "tour", total)
+    tour_dir = Path(cfg.out) / "tour"
+    shown = merge_earlier(results, tour_dir, cfg.preset)
+    report = write_report(shown, tour_dir, total, cfg.preset)
     print("\n" + summary_table(results))
+    if len(shown) > len(results):
+        print(f"(the report also shows {len(shown) - len(results)} stage(s) from an earlier tour; --only=0 re-runs all)")
     print(f"\ntotal {total:.0f} s; report: {report} (and report.md)")
     return 0 if all(r["passed"] for r in results) else 1

@@ -12,16 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("llmpath.transformer.attention", reason="GPT imports the attention of stage 4 (llmpath.transformer)")
-
-from llmpath.cli import main  # noqa: E402
-from llmpath.config import TrainConfig  # noqa: E402
-from llmpath.data import RandomWindows  # noqa: E402
-from llmpath.gpt.finetune import GPTClassifier, collate, lm_loss  # noqa: E402
-from llmpath.gpt.generate import beam_search, generate, process_logits, stream  # noqa: E402
-from llmpath.gpt.hf import from_hf, from_pretrained, to_hf  # noqa: E402
-from llmpath.gpt.model import GPT, GPTConfig, KVCache  # noqa: E402
-from llmpath.train import fit, load_checkpoint  # noqa: E402
+from llmpath.cli import main
+from llmpath.config import TrainConfig
+from llmpath.data import RandomWindows
+from llmpath.gpt.finetune import GPTClassifier, collate, lm_loss
+from llmpath.gpt.generate import beam_search, generate, process_logits, stream
+from llmpath.gpt.hf import from_hf, from_pretrained, to_hf
+from llmpath.gpt.model import GPT, GPTConfig, KVCache
+from llmpath.train import fit, load_checkpoint
 
 transformers = pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parent.parent
@@ -276,7 +274,6 @@ def test_train_tiny_then_sample_stream_chat_export(tmp_path, capsys):
 
 
 def test_bpe_run_exports_a_gpt2_folder_with_its_tokenizer(tmp_path, capsys):
-    pytest.importorskip("llmpath.tokenizers")
     out = str(tmp_path)
     run = ["--preset=tiny", "--tokenizer=bpe", "--bpe-vocab-size=300", f"--out={out}", "--train.max_steps=5"]
     assert _cli("train", *run) == 0

@@ -12,7 +12,8 @@ the scores' shape (..., T_q, T_k), so a padding mask is (B, 1, 1, T_k) and a cau
 
 The hand-written path returns the attention weights (for heatmaps); the fused path
 (`F.scaled_dot_product_attention`, `sdpa=True`) is faster and returns None for them. Every model
-that attends (transformer, gpt, bert, vit) calls this one function.
+that attends (transformer, gpt, bert, vit) calls this one function; `MultiHeadAttention` wraps it with
+the q, k, v and output projections for self- and cross-attention.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def causal_mask(t_q: int, t_k: int | None = None, device: torch.device | str | None = None) -> Tensor:
@@ -65,3 +66,50 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor |
         weights = weights.nan_to_num(0.0)  # a row with nothing to attend to: all -inf -> NaN -> 0
     out = F.dropout(weights, p=dropout) @ v if dropout > 0 else weights @ v  # (..., T_q, d_v)
     return out, weights
+
+
+class MultiHeadAttention(nn.Module):
+    """n_head attention heads side by side on an n_embd-wide stream; self- or cross-attention.
+
+        y, w = mha(x, mask=pad)                 # self-attention: queries, keys and values all from x
+        y, w = mha(x, kv=memory, mask=src_pad)  # cross-attention: queries from x, keys/values from memory
+
+    Separate q, k, v projections (torch.nn.MultiheadAttention stacks them in one in_proj_weight; see
+    the transformer's `mha_from_torch`). `cache` (a dict) is the KV-cache hook for step-by-step
+    decoding: self-attention appends this step's keys/values to the cached ones; cross-attention
+    projects the memory once and reuses it.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True, sdpa: bool = False):
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"n_embd={n_embd} must be divisible by n_head={n_head}")
+        self.n_head, self.dropout, self.sdpa = n_head, dropout, sdpa
+        self.q = nn.Linear(n_embd, n_embd, bias=bias)
+        self.k = nn.Linear(n_embd, n_embd, bias=bias)
+        self.v = nn.Linear(n_embd, n_embd, bias=bias)
+        self.proj = nn.Linear(n_embd, n_embd, bias=bias)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        B, T, C = x.shape
+        return x.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+
+    def forward(self, x: Tensor, kv: Tensor | None = None, mask: Tensor | None = None, causal: bool = False,
+                cache: dict | None = None, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """x (B, T, C), kv (B, S, C) or None -> (B, T, C) and weights (B, nh, T, S) when need_weights."""
+        B, T, C = x.shape
+        q = self._heads(self.q(x))
+        if cache is not None and kv is not None and "k" in cache:
+            k, v = cache["k"], cache["v"]  # cross-attention: the memory's keys/values never change
+        else:
+            src = x if kv is None else kv
+            k, v = self._heads(self.k(src)), self._heads(self.v(src))  # (B, nh, S, hs)
+            if cache is not None:
+                if kv is None and "k" in cache:  # self-attention: the past positions' keys/values
+                    k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+                cache["k"], cache["v"] = k, v
+        y, w = scaled_dot_product_attention(q, k, v, mask=mask, causal=causal,
+                                            dropout=self.dropout if self.training else 0.0,
+                                            sdpa=self.sdpa and not need_weights)
+        y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
+        return self.proj(y), (w if need_weights else None)

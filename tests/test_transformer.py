@@ -1,0 +1,287 @@
+"""Stage 4: attention paths agree, our blocks equal torch.nn's, decoding with and without the cache agree."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmpath.seq2seq.data import BOS, EOS, PAD
+from llmpath.transformer.attention import MultiHeadAttention, causal_mask, padding_mask, scaled_dot_product_attention
+from llmpath.transformer.decode import beam_search, greedy
+from llmpath.transformer.model import (DecoderCache, Transformer, TransformerConfig, from_torch,
+                                       label_smoothed_cross_entropy, mha_from_torch, sinusoidal_encoding)
+
+torch.set_num_threads(1)
+
+
+def _tiny(**kw) -> TransformerConfig:
+    base = dict(src_vocab=13, tgt_vocab=11, n_layer=2, n_head=2, n_embd=16, n_ff=24, dropout=0.0, max_len=64)
+    base.update(kw)
+    return TransformerConfig(**base)
+
+
+def _src_tgt(B=3, S=7, T=6, lens=(7, 4, 2), tlens=(6, 3, 5), sv=13, tv=11, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, sv, (B, S), generator=g)
+    tgt = torch.randint(4, tv, (B, T), generator=g)
+    for i, n in enumerate(lens):
+        src[i, n:] = PAD
+    for i, n in enumerate(tlens):
+        tgt[i, n:] = PAD
+    tgt[:, 0] = BOS
+    return src, tgt
+
+
+# ------------------------------------------------------------------ scaled dot-product attention
+
+def test_hand_written_attention_equals_sdpa_path_with_masks_and_gradients():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    pad = padding_mask(torch.tensor([[5, 6, 7, 0, 0], [4, 5, 6, 7, 8]]), pad_id=0)  # (2,1,1,5)
+    for mask, causal in ((None, False), (pad, False), (None, True), (pad, True)):
+        y1, w = scaled_dot_product_attention(q, k, v, mask=mask, causal=causal)
+        y2, none = scaled_dot_product_attention(q, k, v, mask=mask, causal=causal, sdpa=True)
+        assert none is None and w.shape == (2, 3, 5, 5)
+        torch.testing.assert_close(y1, y2, atol=1e-10, rtol=1e-8)
+        g1 = torch.autograd.grad(y1.square().sum(), (q, k, v))
+        g2 = torch.autograd.grad(y2.square().sum(), (q, k, v))
+        for a, b in zip(g1, g2):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+        if mask is not None:  # padded keys get exactly zero weight
+            assert float(w.detach()[0, :, :, 3:].abs().max()) == 0.0
+        if causal:  # query i never sees key j > i
+            assert float(w.detach().masked_select(~causal_mask(5)).abs().max()) == 0.0
+
+
+def test_attention_weights_are_softmax_of_scaled_scores():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(4, 8), torch.randn(6, 8), torch.randn(6, 3)
+    _, w = scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(w, torch.softmax(q @ k.T / math.sqrt(8), -1))
+
+
+# ------------------------------------------------------------------ multi-head attention vs torch.nn
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_mha_equals_torch_multihead_attention(masked):
+    torch.manual_seed(0)
+    C, nh = 16, 4
+    ref = nn.MultiheadAttention(C, nh, batch_first=True)
+    ours = MultiHeadAttention(C, nh)
+    mha_from_torch(ours, ref)
+    x = torch.randn(3, 5, C, requires_grad=True)
+    mem = torch.randn(3, 7, C, requires_grad=True)
+    real = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5], dtype=torch.bool)
+    # cross-attention with a key padding mask (torch: True = ignore) and self-attention with a causal mask
+    kp, am = (~real, ~causal_mask(5)) if masked else (None, None)
+    y_ref, w_ref = ref(x, mem, mem, key_padding_mask=kp, average_attn_weights=False)
+    y, w = ours(x, kv=mem, mask=padding_mask(real) if masked else None, need_weights=True)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(w, w_ref, atol=1e-6, rtol=1e-5)
+    s_ref, _ = ref(x, x, x, attn_mask=am)
+    s, _ = ours(x, causal=masked)
+    torch.testing.assert_close(s, s_ref, atol=1e-5, rtol=1e-5)
+    (y_ref.sum() + s_ref.square().sum()).backward()
+    g_ref = (x.grad.clone(), mem.grad.clone(), ref.in_proj_weight.grad.clone())
+    x.grad = mem.grad = None
+    (y.sum() + s.square().sum()).backward()
+    torch.testing.assert_close(x.grad, g_ref[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mem.grad, g_ref[1], atol=1e-5, rtol=1e-5)
+    g_ours = torch.cat([ours.q.weight.grad, ours.k.weight.grad, ours.v.weight.grad])
+    torch.testing.assert_close(g_ours, g_ref[2], atol=1e-5, rtol=1e-5)
+
+
+def test_mha_rejects_heads_that_do_not_divide_the_width():
+    with pytest.raises(ValueError, match="divisible"):
+        MultiHeadAttention(10, 3)
+
+
+# ------------------------------------------------------------------ whole encoder-decoder vs torch.nn.Transformer
+
+def _pair(seed=0):
+    torch.manual_seed(seed)
+    cfg = _tiny(n_layer=2, n_head=4, n_embd=16, n_ff=32)
+    ref = nn.Transformer(d_model=16, nhead=4, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=32,
+                         dropout=0.0, activation="relu", batch_first=True, norm_first=False).eval()
+    ours = Transformer(cfg).eval()
+    from_torch(ours, ref)
+    return ours, ref
+
+
+def test_encoder_decoder_equals_torch_transformer_outputs_and_gradients():
+    ours, ref = _pair()
+    src, tgt = _src_tgt()
+    xs = ours.src_embed(src).detach().requires_grad_(True)  # the same embedded inputs into both stacks
+    xt = ours.tgt_embed(tgt).detach().requires_grad_(True)
+    T = tgt.shape[1]
+    y_ref = ref(xs, xt, tgt_mask=~causal_mask(T), src_key_padding_mask=src == PAD,
+                tgt_key_padding_mask=tgt == PAD, memory_key_padding_mask=src == PAD, tgt_is_causal=True)
+    src_mask = padding_mask(src, PAD)
+    h = xs
+    for layer in ours.encoder.layers:
+        h = layer(h, src_mask)
+    memory = ours.encoder.norm(h)
+    h = xt
+    for layer in ours.decoder.layers:
+        h = layer(h, memory, src_mask, padding_mask(tgt, PAD))
+    y = ours.decoder.norm(h)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    w = torch.randn_like(y)
+    (y_ref * w).sum().backward()
+    g_ref = (xs.grad.clone(), xt.grad.clone(), ref.encoder.layers[0].self_attn.in_proj_weight.grad.clone(),
+             ref.decoder.layers[1].multihead_attn.out_proj.weight.grad.clone(), ref.decoder.layers[0].linear1.weight.grad)
+    xs.grad = xt.grad = None
+    (y * w).sum().backward()
+    torch.testing.assert_close(xs.grad, g_ref[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(xt.grad, g_ref[1], atol=1e-5, rtol=1e-5)
+    e0 = ours.encoder.layers[0].self_attn
+    torch.testing.assert_close(torch.cat([e0.q.weight.grad, e0.k.weight.grad, e0.v.weight.grad]), g_ref[2],
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.decoder.layers[1].cross_attn.proj.weight.grad, g_ref[3], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.decoder.layers[0].ff.fc1.weight.grad, g_ref[4], atol=1e-5, rtol=1e-5)
+
+
+def test_pre_ln_equals_torch_norm_first():
+    torch.manual_seed(1)
+    ref = nn.Transformer(d_model=16, nhead=2, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=24,
+                         dropout=0.0, batch_first=True, norm_first=True).eval()
+    ref.decoder.layers = ref.decoder.layers[:1]  # same depth as the encoder
+    ref.decoder.num_layers = 1
+    ours = Transformer(_tiny(n_layer=1, norm="pre")).eval()
+    from_torch(ours, ref)
+    src, tgt = _src_tgt()
+    xs, xt = ours.src_embed(src), ours.tgt_embed(tgt)
+    with torch.enable_grad():
+        y_ref = ref(xs, xt, tgt_mask=~causal_mask(tgt.shape[1]),
+                    src_key_padding_mask=src == PAD, memory_key_padding_mask=src == PAD, tgt_is_causal=True)
+    memory, src_mask = ours.encode(src)
+    h = xt
+    for layer in ours.decoder.layers:
+        h = layer(h, memory, src_mask)
+    torch.testing.assert_close(ours.decoder.norm(h), y_ref, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ components
+
+def test_sinusoidal_encoding_matches_the_formula_and_relative_shift_is_linear():
+    pe = sinusoidal_encoding(50, 8)
+    p, i = 7, 1
+    assert pe[p, 2 * i].item() == pytest.approx(math.sin(p / 10000 ** (2 * i / 8)), abs=1e-6)
+    assert pe[p, 2 * i + 1].item() == pytest.approx(math.cos(p / 10000 ** (2 * i / 8)), abs=1e-6)
+    # PE[p + k] = R_k PE[p] with one 2x2 rotation per frequency, the same for every p
+    k, w = 3, 1 / 10000 ** (2 * i / 8)
+    rot = torch.tensor([[math.cos(k * w), -math.sin(k * w)], [math.sin(k * w), math.cos(k * w)]])
+    for p in (0, 10, 40):
+        torch.testing.assert_close(pe[p + k, 2:4], pe[p, 2:4] @ rot, atol=1e-5, rtol=1e-5)
+
+
+def test_embeddings_are_scaled_and_positions_added():
+    m = Transformer(_tiny(pos="sinusoidal")).eval()
+    ids = torch.tensor([[4, 5, 6]])
+    x = m.src_embed(ids)
+    torch.testing.assert_close(x, m.src_embed.tok(ids) * 4.0 + sinusoidal_encoding(64, 16)[:3])
+    learned = Transformer(_tiny(pos="learned")).eval()
+    assert learned.src_embed.pos.weight.shape == (64, 16)
+    none = Transformer(_tiny(pos="none")).eval()
+    torch.testing.assert_close(none.src_embed(ids), none.src_embed.tok(ids) * 4.0)
+    with pytest.raises(ValueError, match="max_len"):
+        m.src_embed(torch.ones(1, 65, dtype=torch.long))
+
+
+def test_output_head_is_tied_to_target_embedding():
+    m = Transformer(_tiny())
+    assert m.head.weight is m.tgt_embed.tok.weight
+    assert Transformer(_tiny(tie_weights=False)).head.weight is not None
+    n_tied = sum(p.numel() for p in m.parameters())
+    n_untied = sum(p.numel() for p in Transformer(_tiny(tie_weights=False)).parameters())
+    assert n_untied - n_tied == 11 * 16
+
+
+def test_post_ln_normalises_the_stream_and_pre_ln_does_not():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16) * 3 + 1
+    for norm in ("post", "pre"):
+        m = Transformer(_tiny(norm=norm, n_layer=1)).eval()
+        y = m.encoder.layers[0](x, torch.ones(2, 1, 1, 5, dtype=torch.bool))
+        std = y.std(-1, unbiased=False)
+        if norm == "post":
+            torch.testing.assert_close(std, torch.ones_like(std), atol=1e-3, rtol=0)
+        else:  # pre-LN adds to x: the stream keeps its scale
+            assert float(std.mean()) > 2
+
+
+def test_decoder_is_causal_and_ignores_source_padding():
+    torch.manual_seed(0)
+    m = Transformer(_tiny()).eval()
+    src, tgt = _src_tgt()
+    out = m(src, tgt)
+    tgt2 = tgt.clone()
+    tgt2[:, 4:] = 7  # change the future: the first 4 positions must not move
+    torch.testing.assert_close(m(src, tgt2)[:, :4], out[:, :4])
+    longer = torch.cat([src, torch.zeros(3, 3, dtype=torch.long)], 1)  # more padding changes nothing
+    torch.testing.assert_close(m(longer, tgt), out, atol=1e-6, rtol=1e-5)
+
+
+def test_label_smoothing_equals_torch_cross_entropy():
+    torch.manual_seed(0)
+    logits = torch.randn(20, 9, requires_grad=True)
+    target = torch.randint(0, 9, (20,))
+    target[::4] = PAD
+    for eps in (0.0, 0.1, 0.3):
+        ours = label_smoothed_cross_entropy(logits, target, eps)
+        ref = F.cross_entropy(logits, target, ignore_index=PAD, label_smoothing=eps)
+        torch.testing.assert_close(ours, ref)
+        g1 = torch.autograd.grad(ours, logits)[0]
+        torch.testing.assert_close(g1, torch.autograd.grad(ref, logits)[0])
+
+
+# ------------------------------------------------------------------ decoding
+
+def _trained_ish(seed=0, **kw):
+    torch.manual_seed(seed)
+    m = Transformer(_tiny(**kw)).eval()
+    with torch.no_grad():  # sharpen the output so decodes are long and varied, not one token
+        m.head.weight.mul_(4)
+    return m
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_cached_decoding_equals_uncached(norm):
+    m = _trained_ish(norm=norm)
+    src, _ = _src_tgt()
+    a, b = greedy(m, src, 20, use_cache=True), greedy(m, src, 20, use_cache=False)
+    assert torch.equal(a.tokens, b.tokens) and a.tokens.shape[1] > 3
+    torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=1e-5)
+    a, b = beam_search(m, src, 4, 1.0, 20, use_cache=True), beam_search(m, src, 4, 1.0, 20, use_cache=False)
+    assert torch.equal(a.tokens, b.tokens)
+    torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=1e-5)
+
+
+def test_cached_step_logits_equal_full_pass():
+    m = _trained_ish()
+    src, tgt = _src_tgt(tlens=(6, 6, 6))
+    memory, src_mask = m.encode(src)
+    full = m.decode(tgt, memory, src_mask)
+    cache = DecoderCache(m.cfg.n_layer)
+    steps = torch.cat([m.decode(tgt[:, t:t + 1], memory, src_mask, cache) for t in range(tgt.shape[1])], 1)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
+    assert cache.pos == tgt.shape[1] and cache.layers[0]["self"]["k"].shape[2] == tgt.shape[1]
+
+
+def test_beam_one_is_greedy_and_wider_beam_scores_at_least_as_high():
+    m = _trained_ish(seed=3)
+    src, _ = _src_tgt()
+    g = greedy(m, src, 15)
+    assert torch.equal(beam_search(m, src, 1, 1.0, 15).tokens, g.tokens)
+    b = beam_search(m, src, 6, 0.0, 15)  # alpha 0: ranked by raw log-probability, like greedy's score
+    assert bool((b.scores >= g.scores - 1e-5).all())
+
+
+def test_greedy_output_ends_with_eos_then_padding():
+    m = _trained_ish()
+    out = greedy(m, _src_tgt()[0], 30).tokens
+    for row in out.tolist():
+        if EOS in row:
+            assert all(t == PAD for t in row[row.index(EOS) + 1:])

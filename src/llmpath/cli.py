@@ -16,6 +16,7 @@ TOPICS: dict[str, tuple[str, str]] = {
     "mlp": ("llmpath.mlp.cli", "stage 1: MLP with hand-written backprop; text classification"),
     "rnn": ("llmpath.rnn.cli", "stage 2: RNN/LSTM/GRU from scratch; char-level Shakespeare LM"),
     "seq2seq": ("llmpath.seq2seq.cli", "stage 3: attention seq2seq translation (Bahdanau, Luong), beam search, BLEU"),
+    "transformer": ("llmpath.transformer.cli", "stage 4: Transformer encoder-decoder from scratch, equal to torch.nn.Transformer; translation"),
     "tokenizer": ("llmpath.tokenizers.cli", "stage 5a: byte-level BPE from scratch, fast to train, identical to tiktoken"),
     "gpt": ("llmpath.gpt.cli", "stage 5: GPT pretraining, sampling, KV cache, Hugging Face interop, DDP, finetuning"),
 }

@@ -84,6 +84,7 @@ TOPIC_SMOKE: dict[str, str] = {
     "mlp": "llmpath.mlp.cli:smoke",
     "rnn": "llmpath.rnn.cli:smoke",
     "seq2seq": "llmpath.seq2seq.cli:smoke",
+    "transformer": "llmpath.transformer.cli:smoke",
     "tokenizer": "llmpath.tokenizers.cli:smoke",
     "gpt": "llmpath.gpt.cli:smoke",
 }

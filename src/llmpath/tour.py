@@ -39,6 +39,13 @@ STAGES: list[dict] = [
      "teaches": "双向 GRU 编码器（第 2 阶段手写的单元）+ 解码器：先用一个固定上下文向量（信息瓶颈），再加 Bahdanau 加性注意力；"
                 "Luong 的 dot / general / concat 打分在 `llmpath seq2seq compare` 里比较。贪心与束搜索解码，sacrebleu 的 BLEU / chrF，"
                 "以及中文源句 × 英文译文的注意力对齐热力图。"},
+    {"num": "4", "topic": "transformer", "title": "Transformer 编码器-解码器：从零实现，与 torch.nn.Transformer 一致，中英翻译",
+     "run": "llmpath.transformer.cli:tour",
+     "tutorial": "docs/tutorials/04_transformer.md", "notebook": "notebooks/04_transformer.ipynb",
+     "teaches": "从第 3 章的注意力出发，只用注意力搭出整个模型：缩放点积注意力（手写版与 F.scaled_dot_product_attention 一致）、"
+                "多头自注意力与交叉注意力、逐位置前馈、残差 + LayerNorm（Post-LN 与 Pre-LN）、正弦与可学习位置编码、共享权重的输出层、标签平滑与 Noam 学习率；"
+                "整个编码器-解码器复制权重后与 torch.nn.Transformer 输出和梯度一致；带 KV 缓存的贪心与束搜索解码（与不缓存逐 token 相同）；"
+                "在第 3 章同一份中英数据上与 RNN 注意力模型比较 BLEU，并做消融（去掉位置编码、单头、Pre-LN、去掉标签平滑）。"},
     {"num": "5a", "topic": "tokenizer", "title": "分词：从零实现字节级 BPE，训练快，编码与 tiktoken 一致", "run": "llmpath.tokenizers.cli:tour",
      "tutorial": "docs/tutorials/05a_tokenization.md", "notebook": "notebooks/05a_tokenization.ipynb",
      "teaches": "用正则预切分（GPT-2 / GPT-4 模式）加字节级 BPE 训练词表：朴素版每步重数所有字符对，快速版只更新含被合并对的词并用带惰性失效的堆取最大对，"

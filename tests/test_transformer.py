@@ -204,7 +204,8 @@ def test_post_ln_normalises_the_stream_and_pre_ln_does_not():
     x = torch.randn(2, 5, 16) * 3 + 1
     for norm in ("post", "pre"):
         m = Transformer(_tiny(norm=norm, n_layer=1)).eval()
-        y = m.encoder.layers[0](x, torch.ones(2, 1, 1, 5, dtype=torch.bool))
+        with torch.no_grad():
+            y = m.encoder.layers[0](x, torch.ones(2, 1, 1, 5, dtype=torch.bool))
         std = y.std(-1, unbiased=False)
         if norm == "post":
             torch.testing.assert_close(std, torch.ones_like(std), atol=1e-3, rtol=0)
@@ -285,3 +286,88 @@ def test_greedy_output_ends_with_eos_then_padding():
     for row in out.tolist():
         if EOS in row:
             assert all(t == PAD for t in row[row.index(EOS) + 1:])
+
+
+# ------------------------------------------------------------------ training, CLI
+
+def test_cli_train_eval_translate_figures_tiny(tmp_path, capsys):
+    from llmpath.cli import main
+
+    out = str(tmp_path)
+    assert main(["transformer", "train", "--preset=tiny", f"--out={out}", "--train.max_steps=3", "--no-progress"]) == 0
+    run = tmp_path / "transformer" / "tiny"
+    assert (run / "ckpt" / "best.pt").exists() and (run / "summary.json").exists()
+    assert main(["transformer", "eval", "--preset=tiny", f"--out={out}", "--beam=2"]) == 0
+    capsys.readouterr()
+    assert main(["transformer", "translate", "我想喝水。", "--preset=tiny", f"--out={out}",
+                 "--plot", str(tmp_path / "x.png")]) == 0
+    assert (tmp_path / "x.png").exists()
+    from llmpath.transformer.cli import PRESETS, TransformerRun
+    from llmpath.config import build_config
+    from llmpath.transformer.figures import all_figures
+
+    paths = all_figures(build_config(TransformerRun, ["--preset=tiny", f"--out={out}"], PRESETS))
+    assert {p.name for p in paths} >= {"positional_encoding.png", "attn_encoder.png", "attn_cross.png", "structure.png"}
+    assert "合计" in (run / "parameters.md").read_text(encoding="utf-8")
+
+
+def test_translate_without_a_run_says_train_first(tmp_path):
+    from llmpath.config import build_config
+    from llmpath.transformer.cli import PRESETS, TranslateRun, translate
+
+    with pytest.raises(FileNotFoundError, match="llmpath transformer train"):
+        translate(build_config(TranslateRun, ["--preset=tiny", f"--out={tmp_path}"], PRESETS))
+
+
+def test_bad_train_fraction_is_a_config_error(tmp_path):
+    from llmpath.config import ConfigError, build_config
+    from llmpath.transformer.cli import PRESETS, TransformerRun, train
+
+    with pytest.raises(ConfigError, match="train_fraction"):
+        train(build_config(TransformerRun, ["--preset=tiny", f"--out={tmp_path}", "--train_fraction=0"], PRESETS))
+
+
+def test_registered_in_cli_tour_and_doctor():
+    from llmpath.cli import TOPICS
+    from llmpath.doctor import TOPIC_SMOKE
+    from llmpath.tour import STAGES
+    from llmpath.transformer.cli import smoke
+
+    assert "transformer" in TOPICS and "transformer" in TOPIC_SMOKE
+    nums = [s["num"] for s in STAGES]
+    assert nums.index("3") < nums.index("4") < nums.index("5a")
+    assert "cached" in smoke()
+
+
+def test_training_lowers_the_loss():
+    from llmpath.seq2seq.data import collate, load_translation
+    from llmpath.transformer.model import transformer_loss
+
+    data = load_translation("dates", seed=0)
+    batch = collate(data.train[:32], data.src_vocab, data.tgt_vocab)
+    torch.manual_seed(0)
+    m = Transformer(_tiny(src_vocab=len(data.src_vocab), tgt_vocab=len(data.tgt_vocab), n_embd=32, n_ff=64))
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    first = None
+    for _ in range(40):
+        loss = transformer_loss(m, batch, 0.0)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first
+
+
+@pytest.mark.slow
+def test_synthetic_task_learns(tmp_path):
+    """Date-format conversion ('2024-03-15' -> '15 march 2024') reaches >= 95% exact match in 200 steps."""
+    from llmpath.config import build_config
+    from llmpath.transformer.cli import PRESETS, TransformerRun, train
+
+    cfg = build_config(TransformerRun, ["--preset=tiny", "--data=dates", f"--out={tmp_path}", "--train.max_steps=200",
+                                        "--n_embd=64", "--n_ff=128", "--n_head=4", "--n_layer=1", "--train.lr=3e-3",
+                                        "--train.warmup_steps=20", "--dropout=0", "--label_smoothing=0",
+                                        "--train.batch_size=64", "--train.progress=false", "--beam=2"], PRESETS)
+    s = train(cfg)
+    assert s["test"]["greedy"]["exact_match"] >= 95.0, s["test"]["greedy"]
+    assert s["test"]["beam"]["exact_match"] >= 95.0

@@ -78,6 +78,18 @@ def test_attention_masks_and_sums_to_one(attn):
     assert torch.allclose(ctx, ctx2, atol=1e-6) and torch.allclose(w, w2, atol=1e-6)
 
 
+def test_scaled_scores_and_general_reads_the_encoder():
+    torch.manual_seed(0)
+    q, k, mask = torch.randn(2, 6), torch.randn(2, 5, 6), torch.ones(2, 5, dtype=torch.bool)
+    pre = k
+    assert torch.allclose(DotAttention(0.5).score(q, k, pre), 0.5 * torch.einsum("bh,bsh->bs", q, k), atol=1e-6)
+    m = Seq2Seq(Seq2SeqConfig(src_vocab=20, tgt_vocab=20, attention="general", emb=8, hidden=12))
+    assert m.attention.W.weight.shape == (12, 24) and m.attention.scale == pytest.approx(12 ** -0.5)
+    mem, _, _ = m.encode(torch.randint(4, 20, (2, 5)), torch.tensor([5, 3]))
+    assert mem.pre.shape == (2, 5, 12)  # W_a h_j from the (B,S,2H) encoder outputs
+    assert Seq2Seq(Seq2SeqConfig(attention="dot", hidden=12, scale=False)).attention.scale == 1.0
+
+
 def _model(att, impl="ours", cell="gru", V=20):
     torch.manual_seed(0)
     return Seq2Seq(Seq2SeqConfig(src_vocab=V, tgt_vocab=V, attention=att, cell=cell, emb=8, hidden=12, attn_dim=6,
@@ -197,3 +209,15 @@ def test_cli_train_translate_plot(tmp_path, capsys):
     assert capsys.readouterr().out.endswith("\n")  # the translation line (maybe empty after 3 steps)
     assert png.exists() and png.stat().st_size > 1000
     assert main(["seq2seq", "translate", "x", "--preset=tiny", f"--out={out}", "--attention=dot"]) == 2  # not trained
+
+
+def test_compare_judges_only_the_models_it_trains(tmp_path):
+    """A run that happens to exist in the folder is shown in the table but never decides the bar (the tour)."""
+    from llmpath.config import build_config
+    from llmpath.seq2seq.cli import PRESETS, Seq2SeqRun, compare, results_table, train
+
+    args = ["--preset=tiny", f"--out={tmp_path}", "--train.max_steps=2", "--no-progress", "--beam=1"]
+    train(build_config(Seq2SeqRun, args + ["--attention=dot"], PRESETS))
+    res = compare(build_config(Seq2SeqRun, args, PRESETS), attentions=("none", "bahdanau"))
+    assert set(res["runs"]) == {"none", "bahdanau", "dot"} and res["bar"]["checked"] == ["bahdanau"]
+    assert "Luong dot" in results_table(res)

@@ -12,6 +12,7 @@ ckpt/best.pt, metrics.jsonl and summary.json (test BLEU/chrF, greedy and beam).
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -40,11 +41,13 @@ class Seq2SeqRun(RunConfig):
     hidden: int = opt(128, "hidden size per direction (encoder) and of the decoder")
     attn_dim: int = opt(64, "hidden size of the additive scores (bahdanau, concat)")
     dropout: float = opt(0.2, "dropout on embeddings and decoder outputs")
+    scale: bool = opt(True, "divide Luong dot/general scores by sqrt(hidden) so the softmax does not saturate")
     teacher_forcing: float = opt(1.0, "probability of feeding the reference token (1 = always)")
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy")
     beam: int = opt(5, "beam size for the beam-search evaluation and translate (1 = greedy)")
     length_penalty: float = opt(1.0, "GNMT length-penalty alpha for ranking beams (0 = raw log-prob)")
     max_len: int = opt(60, "longest output (also capped at 2 * source length + 10)")
+    workers: int = opt(1, "compare/tour: train this many models at once, one process each (threads=1 each)")
     train: TrainConfig = sub(TrainConfig)
 
 
@@ -83,7 +86,7 @@ def run_name(cfg: Seq2SeqRun) -> str:
 def _model_config(cfg: Seq2SeqRun, data) -> Seq2SeqConfig:
     return Seq2SeqConfig(src_vocab=len(data.src_vocab), tgt_vocab=len(data.tgt_vocab), attention=cfg.attention,
                          cell=cfg.cell, emb=cfg.emb, hidden=cfg.hidden, attn_dim=cfg.attn_dim, dropout=cfg.dropout,
-                         impl=cfg.impl)
+                         impl=cfg.impl, scale=cfg.scale)
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -126,7 +129,7 @@ def evaluate_test(model, data, cfg: Seq2SeqRun, device, split: str = "test") -> 
 
 def _comparable(cfg: Seq2SeqRun) -> dict:
     d = dataclasses.asdict(cfg)
-    for k in ("name", "out", "preset", "device", "threads"):
+    for k in ("name", "out", "preset", "device", "threads", "workers"):
         d.pop(k, None)
     d["train"].pop("progress", None)
     d["train"].pop("resume", None)
@@ -192,7 +195,8 @@ def load_run(run: Path, device="cpu"):
     v = read_json(run / "vocab.json")
     src_vocab, tgt_vocab = Vocab.from_state_dict(v["src"]), Vocab.from_state_dict(v["tgt"])
     mcfg = Seq2SeqConfig(src_vocab=len(src_vocab), tgt_vocab=len(tgt_vocab), attention=cfg.attention, cell=cfg.cell,
-                         emb=cfg.emb, hidden=cfg.hidden, attn_dim=cfg.attn_dim, dropout=cfg.dropout, impl=cfg.impl)
+                         emb=cfg.emb, hidden=cfg.hidden, attn_dim=cfg.attn_dim, dropout=cfg.dropout, impl=cfg.impl,
+                         scale=cfg.scale)
     model = Seq2Seq(mcfg)
     load_weights(model, run / "ckpt" / "best.pt", map_location=device)
     model.to(device).eval()
@@ -233,14 +237,34 @@ def translate(cfg: TranslateRun) -> str:
 MARGIN = 2.0  # BLEU points every attention model must gain over the no-attention baseline
 
 
+def _train_worker(cfg: Seq2SeqRun, fresh: bool) -> dict:
+    setup_logging()
+    return train(cfg, fresh=fresh)
+
+
+def train_many(cfgs: list[Seq2SeqRun], fresh: bool, workers: int = 1) -> list[dict]:
+    """train() each config; with workers > 1 in that many spawned processes (each model is single-threaded,
+    so two models on two cores take about the time of one)."""
+    if workers <= 1 or len(cfgs) <= 1:
+        return [train(c, fresh=fresh) for c in cfgs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    for c in cfgs:  # two progress bars would overwrite each other
+        c.train.progress = False
+    with ProcessPoolExecutor(min(workers, len(cfgs)), mp_context=mp.get_context("spawn")) as ex:
+        return list(ex.map(_train_worker, cfgs, [fresh] * len(cfgs)))
+
+
 def compare(cfg: Seq2SeqRun, fresh: bool = False, attentions: tuple[str, ...] = ATTENTIONS) -> dict:
     """Train (or reuse) each decoder at the same budget; results table and the bar."""
-    results = {}
+    cfgs = []
     for att in attentions:
         c = dataclasses.replace(cfg, attention=att, train=dataclasses.replace(cfg.train))
         c.name = ""
         c.name = run_name(c)
-        results[att] = train(c, fresh=fresh)
+        cfgs.append(c)
+    results = dict(zip(attentions, train_many(cfgs, fresh, cfg.workers)))
     # other variants trained earlier at the same settings are reused for the table, never retrained
     for att in ATTENTIONS:
         if att not in results:
@@ -250,7 +274,8 @@ def compare(cfg: Seq2SeqRun, fresh: bool = False, attentions: tuple[str, ...] = 
             done = _finished(run_dir(c, TOPIC), c)
             if done is not None:
                 results[att] = done
-    out = {"runs": results, "bar": bar_check(results)}
+    # the bar judges only the models trained (or verified) by this call, not whatever else the folder holds
+    out = {"runs": results, "bar": bar_check({a: results[a] for a in attentions})}
     cfg_name = run_name(dataclasses.replace(cfg, attention="none")).replace("-none", "")
     write_json(Path(cfg.out) / TOPIC / f"compare-{cfg_name}.json", out)
     print(results_table(out))
@@ -325,14 +350,16 @@ def alignment_figures(cfg: Seq2SeqRun, attentions=("bahdanau", "general"), n: in
 # ------------------------------------------------------------------------------ tour, smoke
 
 def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> dict:
-    """Stage 3 of `llmpath tour`: no-attention vs Bahdanau (trained here), the Luong runs if already trained."""
+    """Stage 3 of `llmpath tour`: no-attention vs Bahdanau, trained here and judged by the bar; Luong runs already
+    trained at the same settings (`llmpath seq2seq compare`) are shown in the table but not judged."""
     cfg = build_config(Seq2SeqRun, [f"--preset={preset}", f"--out={out}"], PRESETS)
+    cfg.workers = min(2, os.cpu_count() or 1)  # the two models side by side, one core each
     res = compare(cfg, fresh=fresh, attentions=("none", "bahdanau"))
     figs = alignment_figures(cfg, attentions=("bahdanau",))
     bah = res["runs"]["bahdanau"]["test"]["greedy"]["bleu"]
     checked = ", ".join(res["bar"].get("checked", []))
     return {"metric": "Bahdanau test BLEU (greedy, zh->en)", "value": bah,
-            "bar": f"every attention model present ({checked}) beats no-attention by >= {MARGIN} BLEU on the test split",
+            "bar": f"{checked} beats no-attention by >= {MARGIN} BLEU (greedy) on the test split",
             "passed": bool(res["bar"]["passed"]), "table": results_table(res), "figures": [str(p) for p in figs]}
 
 

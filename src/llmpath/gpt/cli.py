@@ -5,8 +5,8 @@
     llmpath gpt sample --prompt "ROMEO:" --stream --top-p 0.9
     llmpath gpt chat                                    # a REPL; Ctrl-D (end of input) leaves
     llmpath gpt export --dir runs/gpt/small/hf          # GPT2LMHeadModel.from_pretrained(...) reads it
-    llmpath gpt classify --data tweets                  # pretrained vs from scratch, one table
-    llmpath gpt finetune --data hsk-pairs               # Shakespeare -> everyday English, before/after
+    llmpath gpt classify --task tweets                  # pretrained vs from scratch, one table
+    llmpath gpt finetune --target hsk-pairs             # Shakespeare -> everyday English, before/after
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from llmpath.common import count_params, get_device, log, prepare_run, read_json, setup_logging, write_json
+from llmpath.common import (count_params, get_device, log, prepare_run, read_json, set_threads, setup_logging,
+                             write_json)
 from llmpath.config import Command, ConfigError, RunConfig, TrainConfig, build_config, from_dict, opt, sub
 from llmpath.data import EpochBatches, RandomWindows, load_classification, split_indices, split_text
 from llmpath.gpt.data import (encode_known, encode_special, lm_text, make_tokenizer, tokenizer_from_hf_files,
@@ -214,6 +215,7 @@ def _gen_kwargs(cfg: SampleRun, tok) -> dict:
 def sample(cfg: SampleRun) -> str:
     """Continue --prompt with a trained model (sampling, greedy or beam search); prints the text."""
     setup_logging()
+    set_threads(cfg.threads)  # --threads, or the preset's (1)
     device = get_device(cfg.device)
     model, tok = load_any(_sample_source(cfg), device)
     torch.manual_seed(cfg.seed)
@@ -249,6 +251,7 @@ def chat(cfg: SampleRun) -> int:
     answers in the style of a play, not as an assistant: that needs instruction tuning (later stages).
     """
     setup_logging()
+    set_threads(cfg.threads)  # --threads, or the preset's (1)
     device = get_device(cfg.device)
     model, tok = load_any(_sample_source(cfg), device)
     torch.manual_seed(cfg.seed)
@@ -423,6 +426,7 @@ def strategies(cfg: SampleRun, n_samples: int = 4, length: int = 200) -> str:
     import re
 
     setup_logging()
+    set_threads(cfg.threads)  # --threads, or the preset's (1)
     model, tok = load_any(_sample_source(cfg), "cpu")
     words = set(re.findall(r"[A-Za-z']+", lm_text(cfg.data)[:2_000_000]))
     prompt = tok.encode(cfg.prompt)

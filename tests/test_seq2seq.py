@@ -221,3 +221,20 @@ def test_compare_judges_only_the_models_it_trains(tmp_path):
     res = compare(build_config(Seq2SeqRun, args, PRESETS), attentions=("none", "bahdanau"))
     assert set(res["runs"]) == {"none", "bahdanau", "dot"} and res["bar"]["checked"] == ["bahdanau"]
     assert "Luong dot" in results_table(res)
+
+
+def test_attention_stats_tell_uniform_from_saturated():
+    from llmpath.seq2seq.cli import attention_stats
+
+    torch.manual_seed(0)
+    m = _model("dot")
+    batches = [{"src": torch.randint(4, 20, (3, 6)), "src_len": torch.tensor([6, 4, 2]),
+                "tgt_in": torch.randint(4, 20, (3, 5)), "tgt_out": torch.randint(4, 20, (3, 5))}]
+    with torch.no_grad():
+        m.to_keys.weight.zero_()  # all scores 0: uniform attention
+        s = attention_stats(m, batches)
+        assert s["attn_entropy"] == pytest.approx(1.0, abs=1e-5) and s["score_std"] == pytest.approx(0.0, abs=1e-4)
+        m.to_keys.weight.normal_(0, 300.0)  # huge scores: near one-hot rows
+        s = attention_stats(m, batches)
+        assert s["attn_entropy"] < 0.2 and s["score_std"] > 5
+    assert attention_stats(_model("none"), batches) == {}

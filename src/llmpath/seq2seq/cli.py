@@ -21,7 +21,7 @@ import torch
 
 from llmpath.common import count_params, log, prepare_run, read_json, run_dir, setup_logging, write_json
 from llmpath.config import Command, ConfigError, RunConfig, TrainConfig, build_config, from_dict, opt, sub
-from llmpath.seq2seq.data import (DETOKENIZE, TOKENIZE, Vocab, eval_batches, load_translation, make_batches)
+from llmpath.seq2seq.data import (DETOKENIZE, PAD, TOKENIZE, Vocab, eval_batches, load_translation, make_batches)
 from llmpath.seq2seq.decode import translate_batch
 from llmpath.seq2seq.metrics import bleu, chrf, exact_match
 from llmpath.seq2seq.model import ATTENTIONS, Seq2Seq, Seq2SeqConfig, seq2seq_loss, token_nll
@@ -70,12 +70,14 @@ PRESETS = {
 
 
 def run_name(cfg: Seq2SeqRun) -> str:
-    """<preset>-<attention>[-<cell>][-en-zh][-<data>]: every variant gets its own folder."""
+    """<preset>-<attention>[-<cell>][-noscale][-en-zh][-<data>]: every variant gets its own folder."""
     if cfg.name and cfg.name not in (cfg.preset, "default"):
         return cfg.name
     name = f"{cfg.preset or 'default'}-{cfg.attention}"
     if cfg.cell != "gru":
         name += f"-{cfg.cell}"
+    if not cfg.scale and cfg.attention in ("dot", "general"):
+        name += "-noscale"
     if cfg.direction != "zh-en" and cfg.data != "dates":
         name += f"-{cfg.direction}"
     if cfg.data != "hsk-pairs":
@@ -104,6 +106,29 @@ def translate_examples(model, examples, data, device, beam: int = 1, length_pena
             n_out = len(toks) + 1  # + <eos>
             attns.append(None if out.attn is None else out.attn[i, :n_out, : int(b["src_len"][i])].cpu())
     return hyps, attns
+
+
+def attention_stats(model, batches: list[dict], device="cpu") -> dict:
+    """Teacher-forced attention diagnostics: `attn_entropy`, the mean entropy of a row over log(source length)
+    (1 = uniform, 0 = one-hot: a saturated softmax passes almost no gradient), and `score_std`, the mean spread
+    of the scores e_tj over the source positions. Empty for the no-attention decoder."""
+    ent, sd, n = 0.0, 0.0, 0
+    for b in batches:
+        b = {k: v.to(device) for k, v in b.items()}
+        _, w = model(b["src"], b["src_len"], b["tgt_in"])  # (B,T,S)
+        if w is None:
+            return {}
+        L = b["src_len"].float()[:, None, None]  # (B,1,1)
+        src = (torch.arange(w.shape[2], device=w.device)[None, None] < L).float()  # (B,1,S) real source
+        rows = (b["tgt_out"] != PAD) & (L[:, :, 0] > 1)  # (B,T) real outputs with more than one source token
+        logw = w.clamp_min(1e-30).log()  # log-weights = scores minus a per-row constant
+        ent += float(((-(w * logw).sum(-1) / L[:, :, 0].log().clamp_min(1e-9))[rows]).sum())
+        x = logw.clamp_min(-60) * src
+        mean = x.sum(-1, keepdim=True) / L
+        std = ((((x - mean) * src) ** 2).sum(-1) / (L[:, :, 0] - 1).clamp_min(1)).sqrt()  # (B,T)
+        sd += float(std[rows].sum())
+        n += int(rows.sum())
+    return {"attn_entropy": ent / max(n, 1), "score_std": sd / max(n, 1)}
 
 
 def scores(hyps: list[str], examples, data) -> dict:
@@ -170,7 +195,7 @@ def train(cfg: Seq2SeqRun, fresh: bool = True) -> dict:
 
     def evaluate(m):
         total, n = token_nll(m, val, device)
-        return {"val_loss": total / max(n, 1)}
+        return {"val_loss": total / max(n, 1), **attention_stats(m, val, device)}
 
     res = fit(model, loss_fn, batches, cfg.train, run_dir=run, evaluate=evaluate, device=device,
               unit="samples", config=cfg)

@@ -1,7 +1,7 @@
 """Training and generation speed of our GPT vs transformers.GPT2LMHeadModel with identical weights, one process.
 
-    .venv/bin/python benchmarks/bench_gpt.py                  # both shapes, 1 thread, ~5 min on a free core
-    .venv/bin/python benchmarks/bench_gpt.py --quick          # small shape only, fewer steps, ~1 min
+    .venv/bin/python benchmarks/bench_gpt.py                  # both shapes, 1 thread, ~5 min on a busy 2-core machine
+    .venv/bin/python benchmarks/bench_gpt.py --quick          # small shape only, 2 rounds, ~30 s
     .venv/bin/python benchmarks/bench_gpt.py --threads 2 --rounds 5 --compile
 
 Training: one step = forward, loss, backward and an AdamW update, at the same config, batch and sequence

@@ -43,7 +43,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of our module (slow to compile on CPU)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1, as in the rnn presets; 0 = torch's default)")
     args = ap.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     print(f"torch {torch.__version__}, device {dev}, threads {torch.get_num_threads()}; B={args.batch} T={args.seq} "
           f"C={args.input} H={args.hidden} layers={args.layers}; forward+backward, median of {args.repeats}")

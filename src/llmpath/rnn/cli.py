@@ -4,7 +4,7 @@
     llmpath rnn sample --prompt "ROMEO:" --temperature 0.8
     llmpath rnn compare                                # n-gram vs RNN vs GRU vs LSTM, same budget
     llmpath rnn figures                                # vanishing/exploding gradients, LSTM gates
-    llmpath rnn train --level=word --cell=lstm         # word-level variant, reports perplexity
+    llmpath rnn train --preset=word                    # word-level variant (5000 words), reports perplexity
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from llmpath.common import count_params, get_device, log, prepare_run, read_json
 from llmpath.config import Command, ConfigError, RunConfig, TrainConfig, from_dict, opt, sub
 from llmpath.data import CharTokenizer, RandomWindows, load_text, split_text
 from llmpath.plotting import bar_table, plt, save_fig, training_curves
-from llmpath.rnn.lm import CharRNN, LMConfig, lm_loss, perplexity, stream_nll
-from llmpath.rnn.ngram import NGram, bits
+from llmpath.rnn.lm import CharRNN, LMConfig, hidden_for_budget, lm_loss, perplexity, stream_nll
+from llmpath.rnn.ngram import NGram, bits, max_order
 from llmpath.rnn.words import WordTokenizer
 from llmpath.train import fit, load_checkpoint, read_metrics
 
@@ -40,6 +40,7 @@ class RNNRun(RunConfig):
     eval_tokens: int = opt(100_000, "score the first N tokens of the val split (0 = all of it)")
     ngram_max_order: int = opt(8, "compare: try n-gram orders 1..N and keep the best on val")
     cells: str = opt("rnn,gru,lstm", "compare: the cells to train, comma-separated")
+    lr_by_cell: str = opt("", "peak lr per cell, e.g. 'rnn=4e-3,lstm=2e-2'; a listed cell ignores --lr ('' = --lr for all)")
     model: LMConfig = sub(LMConfig)
     train: TrainConfig = sub(TrainConfig)
 
@@ -55,16 +56,25 @@ class SampleRun(RNNRun):
     top_k: int = opt(0, "sample only among the k most likely tokens (0 = all)")
 
 
-_TINY = {"data": "shakespeare-tiny", "eval_tokens": 4000, "ngram_max_order": 4, "vocab_cap": 500,
+_TINY = {"threads": 1, "data": "shakespeare-tiny", "eval_tokens": 4000, "ngram_max_order": 4, "vocab_cap": 500,
          "model.n_embd": 16, "model.n_params": 15_000, "model.block_size": 32,
          "train.batch_size": 8, "train.max_steps": 30, "train.warmup_steps": 5, "train.eval_interval": 0,
          "train.lr": 3e-3, "train.progress": False}
-_SMALL = {"model.n_embd": 48, "model.n_params": 250_000, "model.block_size": 128,
+# threads=1: the matrices are small (B=32, H~200) and the cells run step by step, so a second
+# thread mostly adds synchronisation (as in the mlp and seq2seq presets)
+# lr_by_cell: each cell's peak lr is its best val loss on the grid 2e-3 (rnn only), 4e-3, 1e-2, 2e-2, 4e-2
+# at this preset (measured, docs/tutorials/02_rnn_lstm.md section 6): gated cells want larger steps
+_SMALL = {"threads": 1, "model.n_embd": 48, "model.n_params": 250_000, "model.block_size": 128,
           "train.batch_size": 32, "train.max_steps": 500, "train.warmup_steps": 30, "train.lr": 4e-3,
-          "train.eval_interval": 250}
+          "lr_by_cell": "rnn=4e-3,gru=1e-2,lstm=4e-2", "train.eval_interval": 250}
 PRESETS: dict[str, dict] = {
     "tiny": _TINY,
     "small": _SMALL,  # the tour: ~2 min on 2 cores for the three cells + n-gram
+    # word level: a 5000-word vocabulary makes the embedding and the head (V x H each) most of the
+    # model, so it needs a larger budget than the char models for a usable hidden size (~200)
+    # (lr 1e-2 for every cell: a middle value of the char-level grid, not tuned for words)
+    "word": {**_SMALL, "level": "word", "vocab_cap": 5000, "model.n_embd": 64, "model.n_params": 1_500_000,
+             "model.block_size": 64, "ngram_max_order": 5, "train.lr": 1e-2, "lr_by_cell": ""},
     "base": {**_SMALL, "model.n_params": 1_200_000, "model.n_embd": 64, "train.max_steps": 4000,
              "train.eval_interval": 500, "eval_tokens": 0},  # ~1 h on 2 cores; minutes on a GPU
 }
@@ -93,33 +103,61 @@ def load_ids(cfg: RNNRun):
     return tok, train_ids, val_ids
 
 
+def cell_lrs(cfg: RNNRun) -> dict[str, float]:
+    """--lr-by-cell='rnn=4e-3,gru=1e-2' -> {'rnn': 0.004, 'gru': 0.01}."""
+    out = {}
+    for part in filter(None, (p.strip() for p in cfg.lr_by_cell.split(","))):
+        cell, _, lr = part.partition("=")
+        try:
+            out[cell.strip()] = float(lr)
+        except ValueError:
+            raise ConfigError(f"--lr-by-cell: cannot read '{part}'; write cell=lr pairs, e.g. rnn=4e-3,lstm=2e-2") from None
+        if cell.strip() not in CELL_ORDER:
+            raise ConfigError(f"--lr-by-cell: unknown cell '{cell.strip()}'; choose from: {', '.join(CELL_ORDER)}")
+    return out
+
+
+def for_cell(cfg: RNNRun, cell: str) -> RNNRun:
+    """A copy of cfg that trains `cell`: its run name, its lr from --lr-by-cell, hidden size from the budget."""
+    lr = cell_lrs(cfg).get(cell, cfg.train.lr)
+    c = replace(cfg, model=replace(cfg.model, cell=cell), train=replace(cfg.train, lr=lr))
+    c.name = _run_name(c, cell)
+    return c
+
+
 def _run_name(cfg: RNNRun | SampleRun, cell: str) -> str:
     """Default run name <preset>-<cell>[-word]; an explicit --name wins."""
     if cfg.name and cfg.name != cfg.preset:
         return cfg.name
-    return f"{cfg.preset or 'default'}-{cell}" + ("-word" if cfg.level == "word" else "")
+    word = cfg.level == "word" and "word" not in cfg.preset
+    return f"{cfg.preset or 'default'}-{cell}" + ("-word" if word else "")
 
 
 # ---------------------------------------------------------------------------------- train
 
 def train(cfg: RNNRun) -> dict:
     """Train one recurrent LM; writes metrics, checkpoints, tokenizer, a sample and a figure."""
-    cfg = replace(cfg, name=_run_name(cfg, cfg.model.cell), model=replace(cfg.model))
+    cfg = for_cell(cfg, cfg.model.cell)
     tok, train_ids, val_ids = load_ids(cfg)
     cfg.model.vocab_size = tok.vocab_size
+    if not cfg.model.n_hidden:
+        H = hidden_for_budget(cfg.model.cell, cfg.model.n_params, tok.vocab_size, cfg.model.n_embd, cfg.model.n_layer)
+        if H < 8:
+            raise ConfigError(f"--n-params={cfg.model.n_params} leaves a hidden size of {H} for a vocabulary of "
+                              f"{tok.vocab_size}; raise --n-params or lower --vocab-cap (or use --preset=word)")
     run, device = prepare_run(cfg, TOPIC)
     model = CharRNN(cfg.model)
     cfg.model.n_hidden = model.n_hidden  # the resolved size goes into config.json and the checkpoint
     write_json(run / "tokenizer.json", tok.state_dict())
     n_params = count_params(model)
-    log.info(f"{cfg.level}-level {cfg.model.cell} ({cfg.model.impl}): hidden {model.n_hidden}, {n_params:,} parameters, "
+    log.info(f"{cfg.level}-level {cfg.model.cell} ({cfg.model.impl}): hidden {model.n_hidden}, {n_params:,} parameters, lr {cfg.train.lr:g}, "
              f"vocab {tok.vocab_size}, {len(train_ids):,} train / {len(val_ids):,} val tokens -> {run}")
     val = torch.as_tensor(val_ids)
     batches = RandomWindows(train_ids, cfg.model.block_size, cfg.train.batch_size, seed=cfg.seed)
     res = fit(model, lm_loss, batches, cfg.train, run_dir=run, device=device, unit="tokens", config=cfg,
               evaluate=lambda m: {"val_loss": stream_nll(m, val, device=device)})
     val_loss = res.best if res.best is not None else float("nan")
-    summary = {"cell": cfg.model.cell, "impl": cfg.model.impl, "level": cfg.level, "params": n_params,
+    summary = {"cell": cfg.model.cell, "impl": cfg.model.impl, "level": cfg.level, "params": n_params, "lr": cfg.train.lr,
                "hidden": model.n_hidden, "steps": res.step, "val_loss": val_loss, "val_bpc": bits(val_loss),
                "val_ppl": perplexity(val_loss), "train_loss": res.train_loss, "seconds": round(res.seconds, 1),
                "tokens_per_s": round(res.step * cfg.train.batch_size * cfg.model.block_size / max(res.seconds, 1e-9)),
@@ -149,7 +187,7 @@ def _finished(run: Path, cfg: RNNRun) -> dict | None:
 def _comparable(cfg: RNNRun) -> dict:
     d = json.loads(json.dumps(cfg, default=lambda o: o.__dict__))
     d["model"]["vocab_size"] = d["model"]["n_hidden"] = 0
-    for k in ("name", "out", "cells", "ngram_max_order", "device", "threads"):
+    for k in ("name", "out", "cells", "ngram_max_order", "device", "threads", "lr_by_cell"):  # the resolved lr is in train
         d.pop(k, None)
     d["train"].pop("progress", None)
     d["train"].pop("resume", None)
@@ -195,10 +233,12 @@ def sample(cfg: SampleRun) -> str:
 
 # ------------------------------------------------------------------------------- compare
 
-def ngram_scores(train_ids: np.ndarray, val_ids: np.ndarray, V: int, max_order: int) -> dict[int, dict]:
-    """Kneser-Ney n-gram val loss and table size for orders 1..max_order."""
+def ngram_scores(train_ids: np.ndarray, val_ids: np.ndarray, V: int, orders: int) -> dict[int, dict]:
+    """Kneser-Ney n-gram val loss and table size for orders 1..orders (capped where keys overflow int64)."""
     out = {}
-    for n in range(1, max_order + 1):
+    if orders > max_order(V):
+        log.info(f"n-gram orders above {max_order(V)} do not fit int64 keys for a vocabulary of {V}; skipped")
+    for n in range(1, min(orders, max_order(V)) + 1):
         t0 = time.time()
         lm = NGram(n).fit(train_ids, V)
         nll = lm.nll(val_ids)
@@ -215,8 +255,7 @@ def compare(cfg: RNNRun, fresh: bool = False) -> dict:
         raise ConfigError(f"unknown cell '{bad[0]}' in --cells; choose from: {', '.join(CELL_ORDER)}")
     rows = {}
     for cell in cells:
-        c = replace(cfg, model=replace(cfg.model, cell=cell, n_hidden=0), train=replace(cfg.train))
-        c.name = _run_name(c, cell)
+        c = for_cell(replace(cfg, model=replace(cfg.model, n_hidden=0)), cell)
         done = None if fresh else _finished(run_dir(c, TOPIC), c)
         if done:
             log.info(f"{cell}: reusing the finished run in {run_dir(c, TOPIC)} (--fresh retrains)")
@@ -239,7 +278,7 @@ def compare(cfg: RNNRun, fresh: bool = False) -> dict:
     (out / "results.md").write_text(table + "\n", encoding="utf-8")
     names = [f"{n}-gram KN" for n in (matched_n, best_n)] + list(rows)
     values = [ng[matched_n]["val_loss"], ng[best_n]["val_loss"]] + [r["val_loss"] for r in rows.values()]
-    save_fig(bar_table(names, values, title=f"val loss, {cfg.preset} preset (lower is better)", ylabel="nats/char"),
+    save_fig(bar_table(names, values, title=f"val loss, {cfg.preset} preset (lower is better)", ylabel=f"nats/{cfg.level}"),
              out / "figures" / "compare.png")
     save_fig(_val_curves(cfg, cells), out / "figures" / "val_curves.png")
     print(table)
@@ -265,16 +304,16 @@ def results_table(result: dict) -> str:
     level = result["level"]
     unit = "perplexity" if level == "word" else "bits/char"
     metric = (lambda x: f"{perplexity(x):.1f}") if level == "word" else (lambda x: f"{bits(x):.3f}")
-    lines = [f"| model | impl | size | steps | train s | val loss (nats/{level}) | {unit} |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| model | impl | size | peak lr | steps | train s | val loss (nats/{level}) | {unit} |", "|---|---|---|---|---|---|---|---|"]
     ng = result["ngram"]
     for n in sorted({result["ngram_matched_order"], result["ngram_best_order"]}):
         tag = " and ".join(t for t, k in (("matched size", result["ngram_matched_order"]), ("best on val", result["ngram_best_order"]))
                            if k == n)
         r = ng[str(n)]
-        lines.append(f"| {n}-gram Kneser-Ney ({tag}) | numpy | {r['counts']:,} counts | - | {r['seconds']} | "
+        lines.append(f"| {n}-gram Kneser-Ney ({tag}) | numpy | {r['counts']:,} counts | - | - | {r['seconds']} | "
                      f"{r['val_loss']:.4f} | {metric(r['val_loss'])} |")
     for cell, r in result["cells"].items():
-        lines.append(f"| {cell.upper()} (hidden {r['hidden']}) | {r['impl']} | {r['params']:,} params | {r['steps']} | "
+        lines.append(f"| {cell.upper()} (hidden {r['hidden']}) | {r['impl']} | {r['params']:,} params | {r.get('lr', float('nan')):g} | {r['steps']} | "
                      f"{r['seconds']} | {r['val_loss']:.4f} | {metric(r['val_loss'])} |")
     bar = result.get("bar", {})
     if bar.get("checks"):
@@ -286,15 +325,14 @@ def results_table(result: dict) -> str:
 def _val_curves(cfg: RNNRun, cells: list[str]):
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for cell in cells:
-        c = replace(cfg, model=replace(cfg.model, cell=cell))
-        rows = read_metrics(run_dir(replace(c, name=_run_name(c, cell)), TOPIC) / "metrics.jsonl")
+        rows = read_metrics(run_dir(for_cell(cfg, cell), TOPIC) / "metrics.jsonl")
         tr = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
         va = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
         if tr:
             line, = ax.plot(*zip(*tr), alpha=0.6, label=f"{cell} train")
             if va:
                 ax.plot(*zip(*va), "o--", color=line.get_color(), label=f"{cell} val")
-    ax.set(xlabel="step", ylabel="loss (nats/char)", title="RNN vs GRU vs LSTM, same parameters and steps")
+    ax.set(xlabel="step", ylabel=f"loss (nats/{cfg.level})", title=f"{' vs '.join(c.upper() for c in cells)}, same parameters and steps")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -312,8 +350,7 @@ def figures(cfg: RNNRun, fresh: bool = False) -> dict:
     torch.manual_seed(cfg.seed)
     trained = {}
     for cell in CELL_ORDER:
-        c = replace(cfg, model=replace(cfg.model, cell=cell))
-        trained[cell] = load_model(run_dir(replace(c, name=_run_name(c, cell)), TOPIC))[0]
+        trained[cell] = load_model(run_dir(for_cell(cfg, cell), TOPIC))[0]
     tok, train_ids, val_ids = load_ids(cfg)
     fresh_models = {cell: CharRNN(replace(m.cfg, n_hidden=m.n_hidden)).eval() for cell, m in trained.items()}
     # 16 val windows of 151 tokens: the loss sits at the end, gradients flow back 150 steps
@@ -383,7 +420,7 @@ def _train_cmd(cfg: RNNRun) -> int:
 COMMANDS = {
     "train": Command(_train_cmd, RNNRun, "train one recurrent language model (char or word level)",
                      examples=("llmpath rnn train --cell=lstm", "llmpath rnn train --cell=gru --impl=ours --preset=tiny",
-                               "llmpath rnn train --level=word --vocab-cap=5000")),
+                               "llmpath rnn train --preset=word", "llmpath rnn compare --preset=word --cells=lstm")),
     "sample": Command(sample, SampleRun, "generate text from a trained run", positional=("prompt",),
                       examples=('llmpath rnn sample --prompt "ROMEO:" --temperature 0.8',
                                 'llmpath rnn sample "JULIET:" --cell=gru --n=200')),

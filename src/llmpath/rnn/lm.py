@@ -32,6 +32,7 @@ class LMConfig:
     n_layer: int = opt(1, "stacked recurrent layers")
     dropout: float = opt(0.0, "dropout between layers and before the head")
     block_size: int = opt(128, "training sequence length (steps of backpropagation through time)")
+    forget_bias: float = opt(0.0, "LSTM: set the forget-gate bias to this at init (0 = keep torch.nn's init)")
     impl: Literal["ours", "torch"] = opt("torch", "ours: the hand-written cells; torch: torch.nn (fast path, same weights)")
 
 
@@ -64,8 +65,21 @@ class CharRNN(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.rnn = make_rnn(cfg.cell, cfg.n_embd, H, num_layers=cfg.n_layer, dropout=cfg.dropout,
                             batch_first=True, impl=cfg.impl)
+        if cfg.cell == "lstm" and cfg.forget_bias:
+            self._init_forget_bias(cfg.forget_bias)
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(H, cfg.vocab_size)
+
+    @torch.no_grad()
+    def _init_forget_bias(self, value: float) -> None:
+        """b_f = value in every layer (Gers et al. 2000; Jozefowicz et al. 2015): with f = sigmoid(1)
+        ~ 0.73 the cell state, and its gradient, survive many steps from the first update on."""
+        H = self.n_hidden
+        for name, p in self.rnn.named_parameters():
+            if name.startswith("bias_ih"):
+                p[H:2 * H] = value  # gate order i, f, g, o: rows H..2H are the forget gate
+            elif name.startswith("bias_hh"):
+                p[H:2 * H] = 0.0  # the two biases add up: b_f = b_ih + b_hh
 
     def forward(self, idx: Tensor, state=None) -> tuple[Tensor, object]:
         out, state = self.rnn(self.embed(idx), state)  # (B, T, H)

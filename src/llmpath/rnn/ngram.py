@@ -58,14 +58,15 @@ class NGram:
     def __init__(self, order: int = 5, discount: float = 0.75):
         if order < 1:
             raise ValueError(f"n-gram order must be >= 1, got {order}")
-        if order > 9:
-            raise ValueError(f"n-gram order {order} is too large for int64 keys; use 9 or less")
         self.order, self.discount = order, discount
         self.tables: list[_Table] = []
         self.V = 0
 
     def fit(self, ids, vocab_size: int) -> "NGram":
         ids = np.asarray(ids, dtype=np.int64)
+        if not fits_int64(self.order, vocab_size):
+            raise ValueError(f"{self.order}-grams over a vocabulary of {vocab_size} do not fit int64 keys; "
+                             f"use order {max_order(vocab_size)} or less")
         self.V = vocab_size
         self.tables = []
         for n in range(1, self.order + 1):
@@ -117,6 +118,19 @@ class NGram:
         c = float(t.count(np.array([w]))[0])
         total, types = float(t.ctx_total[0]), float(t.ctx_types[0])
         return max(c - self.discount, 0) / total + self.discount * types / total / self.V
+
+
+def fits_int64(order: int, vocab_size: int) -> bool:
+    """Whether an order-gram key (order digits in base V) fits int64. fits_int64(9, 80) -> True; fits_int64(6, 5000) -> False"""
+    return vocab_size ** order < 2 ** 63
+
+
+def max_order(vocab_size: int) -> int:
+    """The largest order whose keys fit int64 (max_order(80) -> 9, max_order(5000) -> 5)."""
+    n = 1
+    while fits_int64(n + 1, vocab_size):
+        n += 1
+    return n
 
 
 def best_order(train_ids, val_ids, vocab_size: int, orders=range(1, 9)) -> tuple[int, dict[int, float]]:

@@ -57,6 +57,19 @@ def test_metrics():
     assert 0 < chrf(["hello there"], ["hello here"], "en") < 100
 
 
+def test_bleu_bootstrap_matches_corpus_bleu():
+    from llmpath.seq2seq.metrics import bleu_bootstrap
+
+    refs = ["the cat sat on the mat .", "a dog runs in the park", "i like tea very much", "he is my teacher"] * 5
+    good = ["the cat sat on a mat .", "a dog runs in a park", "i like tea", "he is my teacher"] * 5
+    bad = ["the cat sat in a box", "dog park", "i like tea", "he is"] * 5  # no 4-gram match: smoothed, not 0
+    r = bleu_bootstrap(good, bad, refs, n=100)
+    assert r["gain"] == pytest.approx(bleu(good, refs) - bleu(bad, refs)) and bleu(bad, refs) > 0
+    assert 0 < r["lo"] <= r["gain"] <= r["hi"] and r["p_le_0"] == 0
+    same = bleu_bootstrap(good, good, refs, n=20)
+    assert same["gain"] == same["lo"] == same["hi"] == 0
+
+
 # ------------------------------------------------------------------ attention and masking
 
 def test_reverse_padded():

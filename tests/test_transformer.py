@@ -1,6 +1,7 @@
 """Stage 4: attention paths agree, our blocks equal torch.nn's, decoding with and without the cache agree."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -371,3 +372,12 @@ def test_synthetic_task_learns(tmp_path):
     s = train(cfg)
     assert s["test"]["greedy"]["exact_match"] >= 95.0, s["test"]["greedy"]
     assert s["test"]["beam"]["exact_match"] >= 95.0
+
+
+def test_tour_tiny_returns_a_report(tmp_path):
+    from llmpath.transformer.cli import tour
+
+    res = tour("tiny", str(tmp_path))
+    assert set(res) >= {"metric", "value", "bar", "passed", "table", "figures"}
+    assert "Transformer" in res["table"] and len(res["figures"]) == 5
+    assert all(Path(p).exists() for p in res["figures"])

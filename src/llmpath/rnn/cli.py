@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from llmpath.common import count_params, get_device, log, prepare_run, read_json, run_dir, setup_logging, write_json
+from llmpath.common import count_params, get_device, log, prepare_run, read_json, run_dir, set_threads, setup_logging, write_json
 from llmpath.config import Command, ConfigError, RunConfig, TrainConfig, from_dict, opt, sub
 from llmpath.data import CharTokenizer, RandomWindows, load_text, split_text
 from llmpath.plotting import bar_table, plt, save_fig, training_curves
@@ -249,6 +249,7 @@ def ngram_scores(train_ids: np.ndarray, val_ids: np.ndarray, V: int, orders: int
 def compare(cfg: RNNRun, fresh: bool = False) -> dict:
     """Train each cell at the same parameter budget and steps; score the n-gram on the same val tokens."""
     setup_logging()
+    set_threads(cfg.threads)  # train() sets it too, but reused runs skip train(), and figures() runs after this
     cells = [c.strip() for c in cfg.cells.split(",") if c.strip()]
     bad = [c for c in cells if c not in CELL_ORDER]
     if bad:

@@ -381,3 +381,17 @@ def test_tour_tiny_returns_a_report(tmp_path):
     assert set(res) >= {"metric", "value", "bar", "passed", "table", "figures"}
     assert "Transformer" in res["table"] and len(res["figures"]) == 5
     assert all(Path(p).exists() for p in res["figures"])
+
+
+def test_ablate_and_curve_tables_on_tiny(tmp_path):
+    from llmpath.config import build_config
+    from llmpath.transformer.cli import ABLATIONS, FRACTIONS, PRESETS, TransformerRun, ablate, curve
+
+    cfg = build_config(TransformerRun, ["--preset=tiny", f"--out={tmp_path}", "--train.max_steps=2", "--beam=1",
+                                        "--max_len=8"], PRESETS)
+    res = ablate(cfg)
+    assert list(res["runs"]) == list(ABLATIONS) and res["table"].count("\n") == len(ABLATIONS) + 1
+    assert res["runs"]["单头注意力"]["config"]["n_head"] == 1 and (tmp_path / "transformer" / "tiny-no-pos").is_dir()
+    cur = curve(cfg)
+    assert [r["train_pairs"] for r in cur["runs"].values()] == sorted(r["train_pairs"] for r in cur["runs"].values())
+    assert len(cur["runs"]) == len(FRACTIONS)

@@ -270,36 +270,34 @@ def compare_table(ours: dict, out: str, preset: str) -> tuple[str, dict]:
     return "\n".join(lines), bar
 
 
-ABLATIONS = {  # name -> overrides of the base run; each changes one thing
-    "基线": {},
-    "无位置编码": {"pos": "none"},
-    "单头注意力": {"n_head": 1},
-    "Pre-LN": {"norm": "pre"},
-    "无标签平滑": {"label_smoothing": 0.0},
-    "可学习位置编码": {"pos": "learned"},
+ABLATIONS = {  # label -> (run-name tag, overrides of the base run); each changes one thing
+    "基线": ("", {}),
+    "无位置编码": ("no-pos", {"pos": "none"}),
+    "单头注意力": ("1-head", {"n_head": 1}),
+    "Pre-LN": ("pre-ln", {"norm": "pre"}),
+    "无标签平滑": ("no-ls", {"label_smoothing": 0.0}),
 }
-_ABL_NAMES = {"基线": "base", "无位置编码": "no-pos", "单头注意力": "1-head", "Pre-LN": "pre-ln",
-              "无标签平滑": "no-ls", "可学习位置编码": "learned-pos"}
 
 
 def _variant(cfg: TransformerRun, tag: str, **over) -> TransformerRun:
+    """A copy of cfg with `over` applied, in its own run folder <base name>-<tag>."""
     c = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train), **over)
-    c.name = f"{_name(dataclasses.replace(cfg, name=''))}-{tag}" if tag else _name(dataclasses.replace(cfg, name=""))
+    base = _name(dataclasses.replace(cfg, name=""))
+    c.name = f"{base}-{tag}" if tag else base
     return c
 
 
 def ablate(cfg: TransformerRun, fresh: bool = False) -> dict:
     """Train (or reuse) one run per ablation at the same budget; one table, val and test columns."""
     runs = {}
-    for label, over in ABLATIONS.items():
-        tag = "" if not over else _ABL_NAMES[label]
+    for label, (tag, over) in ABLATIONS.items():
         runs[label] = train(_variant(cfg, tag, **over), fresh=fresh)
-    lines = ["| 变体 | 参数量 | 验证损失 | 验证 BLEU 贪心 | 测试 BLEU 贪心 | 测试 BLEU 束搜索 | 测试 chrF 贪心 | 训练秒数 |",
+    lines = ["| 变体 | 参数量 | 验证损失 | 验证 BLEU 贪心 | 测试 BLEU 贪心 | 测试 BLEU 束搜索 | 测试 chrF 贪心 | 训练 CPU 秒 |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label, r in runs.items():
         lines.append(f"| {label} | {r['params']:,} | {r['val_loss']:.3f} | {r['val']['greedy']['bleu']:.2f} | "
                      f"{r['test']['greedy']['bleu']:.2f} | {r['test']['beam']['bleu']:.2f} | "
-                     f"{r['test']['greedy'].get('chrf', float('nan')):.1f} | {r['train_seconds']:.0f} |")
+                     f"{r['test']['greedy'].get('chrf', float('nan')):.1f} | {r.get('train_cpu_seconds', float('nan')):.0f} |")
     table = "\n".join(lines)
     write_json(Path(cfg.out) / TOPIC / f"ablate-{_name(dataclasses.replace(cfg, name=''))}.json",
                {"runs": runs, "table": table})
@@ -390,7 +388,7 @@ COMMANDS = {
                          examples=('llmpath transformer translate "我想喝水。"',
                                    'llmpath transformer translate "我想喝水。" --plot cross.png')),
     "ablate": Command(lambda c: ablate(c) and 0, TransformerRun,
-                      "no positions / 1 head / pre-LN / no label smoothing / learned positions at the same budget",
+                      "no positions / 1 head / pre-LN / no label smoothing, each against the base at the same budget",
                       examples=("llmpath transformer ablate",)),
     "curve": Command(lambda c: curve(c) and 0, TransformerRun, "BLEU against the fraction of training data used",
                      examples=("llmpath transformer curve",)),

@@ -19,7 +19,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from llmpath.common import count_params, get_device, log, prepare_run, read_json, run_dir, set_threads, setup_logging, write_json
+from llmpath.common import (count_params, get_device, log, prepare_run, read_json, run_dir, set_threads, setup_logging,
+                            write_json)
 from llmpath.config import Command, ConfigError, RunConfig, TrainConfig, from_dict, opt, sub
 from llmpath.data import CharTokenizer, RandomWindows, load_text, split_text
 from llmpath.plotting import bar_table, plt, save_fig, training_curves
@@ -69,14 +70,14 @@ _SMALL = {"threads": 1, "model.n_embd": 48, "model.n_params": 250_000, "model.bl
           "lr_by_cell": "rnn=4e-3,gru=1e-2,lstm=4e-2", "train.eval_interval": 250}
 PRESETS: dict[str, dict] = {
     "tiny": _TINY,
-    "small": _SMALL,  # the tour: ~2 min on 2 cores for the three cells + n-gram
+    "small": _SMALL,  # the tour: 394 s measured for cells + n-gram + figures, 2 cores shared with other jobs
     # word level: a 5000-word vocabulary makes the embedding and the head (V x H each) most of the
     # model, so it needs a larger budget than the char models for a usable hidden size (~200)
     # (lr 1e-2 for every cell: a middle value of the char-level grid, not tuned for words)
     "word": {**_SMALL, "level": "word", "vocab_cap": 5000, "model.n_embd": 64, "model.n_params": 1_500_000,
              "model.block_size": 64, "ngram_max_order": 5, "train.lr": 1e-2, "lr_by_cell": ""},
     "base": {**_SMALL, "model.n_params": 1_200_000, "model.n_embd": 64, "train.max_steps": 4000,
-             "train.eval_interval": 500, "eval_tokens": 0},  # ~1 h on 2 cores; minutes on a GPU
+             "train.eval_interval": 500, "eval_tokens": 0},  # not run yet; lrs taken from the small grid
 }
 
 
@@ -150,7 +151,8 @@ def train(cfg: RNNRun) -> dict:
     cfg.model.n_hidden = model.n_hidden  # the resolved size goes into config.json and the checkpoint
     write_json(run / "tokenizer.json", tok.state_dict())
     n_params = count_params(model)
-    log.info(f"{cfg.level}-level {cfg.model.cell} ({cfg.model.impl}): hidden {model.n_hidden}, {n_params:,} parameters, lr {cfg.train.lr:g}, "
+    log.info(f"{cfg.level}-level {cfg.model.cell} ({cfg.model.impl}): hidden {model.n_hidden}, {n_params:,} parameters, "
+             f"lr {cfg.train.lr:g}, "
              f"vocab {tok.vocab_size}, {len(train_ids):,} train / {len(val_ids):,} val tokens -> {run}")
     val = torch.as_tensor(val_ids)
     batches = RandomWindows(train_ids, cfg.model.block_size, cfg.train.batch_size, seed=cfg.seed)

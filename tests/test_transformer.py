@@ -385,12 +385,13 @@ def test_tour_tiny_returns_a_report(tmp_path):
 
 def test_ablate_and_curve_tables_on_tiny(tmp_path):
     from llmpath.config import build_config
-    from llmpath.transformer.cli import ABLATIONS, FRACTIONS, PRESETS, TransformerRun, ablate, curve
+    from llmpath.transformer.cli import FRACTIONS, PRESETS, TransformerRun, ablate, ablations, curve
 
     cfg = build_config(TransformerRun, ["--preset=tiny", f"--out={tmp_path}", "--train.max_steps=2", "--beam=1",
                                         "--max_len=8"], PRESETS)
     res = ablate(cfg)
-    assert list(res["runs"]) == list(ABLATIONS) and res["table"].count("\n") == len(ABLATIONS) + 1
+    assert list(res["runs"]) == list(ablations(cfg)) and res["table"].count("\n") == len(res["runs"]) + 1
+    assert res["runs"]["Pre-LN"]["config"]["norm"] == "pre" and cfg.norm == "post"
     assert res["runs"]["单头注意力"]["config"]["n_head"] == 1 and (tmp_path / "transformer" / "tiny-no-pos").is_dir()
     cur = curve(cfg)
     assert [r["train_pairs"] for r in cur["runs"].values()] == sorted(r["train_pairs"] for r in cur["runs"].values())

@@ -63,7 +63,7 @@ PRESETS = {
     "tiny": {"threads": 1, "n_layer": 1, "n_head": 2, "n_embd": 32, "n_ff": 64, "dropout": 0.1,
              "train.max_steps": 30, "train.batch_size": 32, "train.eval_interval": 0, "train.warmup_steps": 5,
              "train.lr": 3e-3, "beam": 3},
-    "small": {"threads": 1, "n_layer": 2, "n_head": 4, "n_embd": 128, "n_ff": 256, "dropout": 0.2,
+    "small": {"threads": 1, "n_layer": 2, "n_head": 4, "n_embd": 128, "n_ff": 256, "dropout": 0.2, "norm": "pre",
               "train.max_steps": 1200, "train.batch_size": 64, "train.eval_interval": 200, "train.schedule": "noam",
               "train.warmup_steps": 100, "train.lr": 2e-3, "train.weight_decay": 0.01},
 }
@@ -270,13 +270,11 @@ def compare_table(ours: dict, out: str, preset: str) -> tuple[str, dict]:
     return "\n".join(lines), bar
 
 
-ABLATIONS = {  # label -> (run-name tag, overrides of the base run); each changes one thing
-    "基线": ("", {}),
-    "无位置编码": ("no-pos", {"pos": "none"}),
-    "单头注意力": ("1-head", {"n_head": 1}),
-    "Pre-LN": ("pre-ln", {"norm": "pre"}),
-    "无标签平滑": ("no-ls", {"label_smoothing": 0.0}),
-}
+def ablations(cfg: TransformerRun) -> dict[str, tuple[str, dict]]:
+    """label -> (run-name tag, overrides of the base run); each changes one thing."""
+    other = "post" if cfg.norm == "pre" else "pre"  # the LayerNorm placement the base does not use
+    return {"基线": ("", {}), "无位置编码": ("no-pos", {"pos": "none"}), "单头注意力": ("1-head", {"n_head": 1}),
+            f"{other.capitalize()}-LN": (f"{other}-ln", {"norm": other}), "无标签平滑": ("no-ls", {"label_smoothing": 0.0})}
 
 
 def _variant(cfg: TransformerRun, tag: str, **over) -> TransformerRun:
@@ -290,7 +288,7 @@ def _variant(cfg: TransformerRun, tag: str, **over) -> TransformerRun:
 def ablate(cfg: TransformerRun, fresh: bool = False) -> dict:
     """Train (or reuse) one run per ablation at the same budget; one table, val and test columns."""
     runs = {}
-    for label, (tag, over) in ABLATIONS.items():
+    for label, (tag, over) in ablations(cfg).items():
         runs[label] = train(_variant(cfg, tag, **over), fresh=fresh)
     lines = ["| 变体 | 参数量 | 验证损失 | 验证 BLEU 贪心 | 测试 BLEU 贪心 | 测试 BLEU 束搜索 | 测试 chrF 贪心 | 训练 CPU 秒 |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]

@@ -245,7 +245,7 @@ def _row(name: str, r: dict) -> str:
             f"{g.get('chrf', float('nan')):.1f} | {b.get('chrf', float('nan')):.1f} | {r['train_seconds']:.0f} |")
 
 
-HEAD = ("| 模型 | 参数量 | 验证损失 | BLEU 贪心 | BLEU 束搜索 | chrF 贪心 | chrF 束搜索 | 训练秒数 |\n"
+HEAD = ("| 模型 | 参数量 | 验证损失 | BLEU 贪心 | BLEU 束搜索 | chrF 贪心 | chrF 束搜索 | 训练墙钟秒 |\n"
         "|---|---:|---:|---:|---:|---:|---:|---:|")
 
 

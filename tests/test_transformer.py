@@ -396,3 +396,13 @@ def test_ablate_and_curve_tables_on_tiny(tmp_path):
     cur = curve(cfg)
     assert [r["train_pairs"] for r in cur["runs"].values()] == sorted(r["train_pairs"] for r in cur["runs"].values())
     assert len(cur["runs"]) == len(FRACTIONS)
+
+
+def test_bar_without_stage3_runs_uses_stage3_measured_best(tmp_path):
+    from llmpath.transformer.cli import STAGE3_MEASURED, compare_table
+
+    ours = {"params": 1, "val_loss": 3.0, "train_seconds": 1.0,
+            "test": {m: {"bleu": 5.0, "chrf": 20.0} for m in ("greedy", "beam")}}
+    table, bar = compare_table(ours, str(tmp_path), "small")
+    assert bar["best_stage3"] == STAGE3_MEASURED["small"] and bar["passed"] and "3.89" in table
+    assert not compare_table(ours, str(tmp_path), "tiny")[1]["passed"]  # no reference for tiny: run stage 3 first

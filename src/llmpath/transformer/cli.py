@@ -237,6 +237,9 @@ def translate(cfg: TranslateRun) -> str:
 # ------------------------------------------------------------------------------ tables: stage 3, ablations, curve
 
 STAGE3 = {"none": "第 3 章 无注意力 GRU", "bahdanau": "第 3 章 Bahdanau GRU", "concat": "第 3 章 Luong concat GRU"}
+# stage 3's best test BLEU (greedy) as measured in docs/tutorials/03_attention_seq2seq.md: the bar when
+# `llmpath tour --only=4` runs without stage 3's runs in the output folder
+STAGE3_MEASURED = {"small": ("第 3 章 Bahdanau GRU（教程实测值）", 3.89)}
 
 
 def _row(name: str, r: dict) -> str:
@@ -259,6 +262,8 @@ def compare_table(ours: dict, out: str, preset: str) -> tuple[str, dict]:
             lines.append(_row(label, r))
             if att != "none" and (best is None or r["test"]["greedy"]["bleu"] > best[1]):
                 best = (label, r["test"]["greedy"]["bleu"])
+    if best is None and preset in STAGE3_MEASURED:
+        best = STAGE3_MEASURED[preset]
     lines.append(_row("**Transformer**（本章）", ours))
     bleu_ours = ours["test"]["greedy"]["bleu"]
     bar = {"best_stage3": best, "ours": bleu_ours, "passed": best is not None and bleu_ours > best[1]}

@@ -131,6 +131,8 @@ def compression_table(rows: list[dict]) -> str:
         lines.append(f"| {r['text']} | {r['vocab_size']} | {r['ours_tpc']:.3f} | {r['hf_tpc']:.3f} | {r['overlap']:.1%} | "
                      f"{r['ours_s']:.2f} | {r['hf_s']:.2f} |" if hf else
                      f"| {r['text']} | {r['vocab_size']} | {r['ours_tpc']:.3f} | - | - | {r['ours_s']:.2f} | - |")
+    if not all("hf_tpc" in r for r in rows):
+        lines.append("\n(- : Hugging Face `tokenizers` is not installed; `make test` or `pip install -e '.[dev]'` adds it)")
     return "\n".join(lines)
 
 

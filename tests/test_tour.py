@@ -61,6 +61,13 @@ def test_only_one_stage_keeps_the_others_in_the_report(monkeypatch, tmp_path, ca
     assert "## 1." not in (tmp_path / "tour" / "report.md").read_text()
 
 
+def test_report_embeds_a_cjk_font_subset_of_its_characters():
+    face = tour.cjk_font_face("报告 report 学习")
+    assert face.startswith("@font-face{font-family:'llmpath CJK';src:url(data:font/otf;base64,")
+    assert 1_000 < len(face) < 100_000  # 4 glyphs, not the 16 MB font
+    assert tour.cjk_font_face("only latin") == ""
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -85,6 +92,9 @@ def browser_check(report: Path, screenshot: Path) -> dict:
                 "images": page.evaluate("Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)"),
                 "summary_rows": page.locator("#summary tr").count(),
                 "title": page.title(),
+                # the embedded CJK subset (tour.cjk_font_face) loaded: Chinese is drawn without a system font
+                "cjk_font": page.evaluate("document.fonts.ready.then(() => Array.from(document.fonts).some("
+                                          "f => f.family.includes('llmpath CJK') && f.status === 'loaded'))"),
             }
             page.screenshot(path=str(screenshot), full_page=True)
             browser.close()
@@ -102,6 +112,7 @@ def test_report_in_a_real_browser(monkeypatch, tmp_path):
     tour.main(["--yes", f"--out={tmp_path}"])
     seen = browser_check(tmp_path / "tour" / "report.html", tmp_path / "tour" / "screenshot.png")
     assert seen["images"] == [True, True] and seen["summary_rows"] == 4 and not seen["errors"]
+    assert seen["cjk_font"]
     assert (tmp_path / "tour" / "screenshot.png").stat().st_size > 10_000
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import importlib
 import json
 import os
@@ -142,12 +143,13 @@ def _rel(path: str, base: Path) -> str:
     return Path(os.path.relpath(Path(path).resolve(), base.resolve())).as_posix()
 
 
-_CSS = """body{font-family:system-ui,-apple-system,"Noto Sans CJK SC","Microsoft YaHei",sans-serif;max-width:1100px;
+_CSS = """body{font-family:"llmpath CJK",system-ui,-apple-system,"Noto Sans CJK SC","Microsoft YaHei",sans-serif;max-width:1100px;
 margin:2em auto;padding:0 1em;color:#222;line-height:1.55}h1{border-bottom:2px solid #4a6fa5}
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 10px;text-align:left}
 th{background:#eef2f8}.pass{color:#0a7d2c;font-weight:bold}.fail{color:#b00020;font-weight:bold}
 figure{display:inline-block;margin:.5em;vertical-align:top}figure img{max-width:520px;border:1px solid #ddd}
 figcaption{font-size:.85em;color:#555;text-align:center}code{background:#f3f3f3;padding:0 3px}
+pre,code{font-family:"llmpath CJK",ui-monospace,"DejaVu Sans Mono",monospace}
 section{border-top:1px solid #ddd;margin-top:2em}pre{background:#f6f6f6;padding:.6em;overflow-x:auto}"""
 
 
@@ -202,6 +204,38 @@ def _img(path: str) -> str:
             f"<figcaption>{html.escape(p.stem)}</figcaption></figure>")
 
 
+def cjk_font_face(text: str) -> str:
+    """A CSS @font-face with the CJK font (the one our figures use) cut down to the characters of `text`.
+
+    Browsers on machines without a Chinese font (a bare Linux box) would draw boxes; embedding just the
+    glyphs the page uses keeps the report one self-contained file (tens of kB, not the font's 16 MB).
+    Returns "" when the font or fontTools (a matplotlib dependency) is missing.
+    """
+    from llmpath.plotting import _font_files_from_packages
+
+    files = _font_files_from_packages()
+    chars = "".join(sorted({c for c in text if 0x2E80 <= ord(c) <= 0xFFEF}))  # CJK and full-width punctuation
+    if not files or not chars:
+        return ""
+    try:
+        from fontTools import subset
+    except ImportError:
+        return ""
+    options = subset.Options()
+    options.name_IDs, options.hinting, options.layout_features = ["*"], False, []
+    font = subset.load_font(str(files[0]), options)
+    subsetter = subset.Subsetter(options)
+    subsetter.populate(text=chars)
+    subsetter.subset(font)
+    buf = io.BytesIO()
+    subset.save_font(font, buf, options)
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    # first in every font-family list, limited to CJK code points: the browser waits for it instead of
+    # shaping those characters with a fallback font (Chromium kept such fallback boxes after the load)
+    return ("@font-face{font-family:'llmpath CJK';src:url(data:font/otf;base64," + data + ") format('opentype');"
+            "unicode-range:U+2E80-9FFF,U+F900-FAFF,U+FE30-FE4F,U+FF00-FFEF;font-display:block}")
+
+
 def write_html(results: list[dict], out: Path, total_s: float) -> Path:
     rows = "".join("<tr>" + "".join(f"<td class='{c.lower()}'>{html.escape(c)}</td>" if c in ("PASS", "FAIL")
                                     else f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
@@ -217,8 +251,9 @@ def write_html(results: list[dict], out: Path, total_s: float) -> Path:
         body.append("".join(_img(f) for f in r["figures"]))
         links = [f"<a href='{_rel(stage[k], out)}'>{k}: {stage[k]}</a>" for k in ("tutorial", "notebook") if stage.get(k)]
         body.append("<p>" + " · ".join(links) + "</p></section>")
+    text = "".join(body)
     page = (f"<!doctype html><html lang='zh-CN'><head><meta charset='utf-8'><link rel='icon' href='data:,'><title>llmpath tour report</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
+            f"<style>{cjk_font_face(text)}{_CSS}</style></head><body>{text}</body></html>")
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
     return path

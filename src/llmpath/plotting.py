@@ -25,7 +25,7 @@ CJK_FAMILIES = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQu
 @lru_cache(maxsize=1)
 def cjk_font() -> str | None:
     """Name of an installed font with Chinese glyphs (registered with matplotlib), or None."""
-    for path in _font_files_from_packages():
+    for path in cjk_font_files():
         try:
             font_manager.fontManager.addfont(str(path))
         except (OSError, RuntimeError):
@@ -37,7 +37,7 @@ def cjk_font() -> str | None:
     return None
 
 
-def _font_files_from_packages() -> list[Path]:
+def cjk_font_files() -> list[Path]:
     """CJK font files shipped inside installed PyPI packages (see README: fonts)."""
     import importlib.util
 

@@ -211,9 +211,9 @@ def cjk_font_face(text: str) -> str:
     glyphs the page uses keeps the report one self-contained file (tens of kB, not the font's 16 MB).
     Returns "" when the font or fontTools (a matplotlib dependency) is missing.
     """
-    from llmpath.plotting import _font_files_from_packages
+    from llmpath.plotting import cjk_font_files
 
-    files = _font_files_from_packages()
+    files = cjk_font_files()
     chars = "".join(sorted({c for c in text if 0x2E80 <= ord(c) <= 0xFFEF}))  # CJK and full-width punctuation
     if not files or not chars:
         return ""

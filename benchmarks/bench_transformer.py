@@ -31,15 +31,7 @@ def _batch(B, S, T, V, seed=0):
 
 
 def _ours_step(model, xs, xt, src, tgt, opt):
-    src_mask = padding_mask(src, PAD)
-    h = xs
-    for layer in model.encoder.layers:
-        h = layer(h, src_mask)
-    memory = model.encoder.norm(h)
-    h = xt
-    for layer in model.decoder.layers:
-        h = layer(h, memory, src_mask, padding_mask(tgt, PAD))
-    loss = model.decoder.norm(h).square().mean()
+    loss = model.stacks(xs, xt, padding_mask(src, PAD), padding_mask(tgt, PAD)).square().mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

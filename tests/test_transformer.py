@@ -119,15 +119,7 @@ def test_encoder_decoder_equals_torch_transformer_outputs_and_gradients():
     T = tgt.shape[1]
     y_ref = ref(xs, xt, tgt_mask=~causal_mask(T), src_key_padding_mask=src == PAD,
                 tgt_key_padding_mask=tgt == PAD, memory_key_padding_mask=src == PAD, tgt_is_causal=True)
-    src_mask = padding_mask(src, PAD)
-    h = xs
-    for layer in ours.encoder.layers:
-        h = layer(h, src_mask)
-    memory = ours.encoder.norm(h)
-    h = xt
-    for layer in ours.decoder.layers:
-        h = layer(h, memory, src_mask, padding_mask(tgt, PAD))
-    y = ours.decoder.norm(h)
+    y = ours.stacks(xs, xt, padding_mask(src, PAD), padding_mask(tgt, PAD))
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
     w = torch.randn_like(y)
     (y_ref * w).sum().backward()
@@ -157,11 +149,7 @@ def test_pre_ln_equals_torch_norm_first():
     with torch.enable_grad():
         y_ref = ref(xs, xt, tgt_mask=~causal_mask(tgt.shape[1]),
                     src_key_padding_mask=src == PAD, memory_key_padding_mask=src == PAD, tgt_is_causal=True)
-    memory, src_mask = ours.encode(src)
-    h = xt
-    for layer in ours.decoder.layers:
-        h = layer(h, memory, src_mask)
-    torch.testing.assert_close(ours.decoder.norm(h), y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.stacks(xs, xt, padding_mask(src, PAD)), y_ref, atol=1e-5, rtol=1e-5)
 
 
 # ------------------------------------------------------------------ components

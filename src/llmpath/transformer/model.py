@@ -215,10 +215,24 @@ class Transformer(nn.Module):
     def encode(self, src: Tensor, maps: list | None = None) -> tuple[Tensor, Tensor]:
         """-> memory (B, S, C) and the source keep mask (B, 1, 1, S)."""
         src_mask = padding_mask(src, PAD)
-        x = self.src_embed(src)
+        return self._encoder(self.src_embed(src), src_mask, maps), src_mask
+
+    def _encoder(self, x: Tensor, src_mask: Tensor, maps: list | None = None) -> Tensor:
+        """Embedded source (B, S, C) -> memory (B, S, C)."""
         for layer in self.encoder.layers:
             x = layer(x, src_mask, maps)
-        return self.encoder.norm(x), src_mask
+        return self.encoder.norm(x)
+
+    def stacks(self, xs: Tensor, xt: Tensor, src_mask: Tensor, tgt_mask: Tensor | None = None) -> Tensor:
+        """Embedded source (B, S, C) and target (B, T, C) -> decoder output (B, T, C), no head.
+
+        Exactly what torch.nn.Transformer computes (it has no embeddings or head): the equivalence
+        tests and the benchmark call this with the same inputs as the reference.
+        """
+        memory = self._encoder(xs, src_mask)
+        for layer in self.decoder.layers:
+            xt = layer(xt, memory, src_mask, tgt_mask)
+        return self.decoder.norm(xt)
 
     def decode(self, tgt_in: Tensor, memory: Tensor, src_mask: Tensor, cache: DecoderCache | None = None,
                maps: dict | None = None) -> Tensor:

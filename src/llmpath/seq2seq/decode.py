@@ -67,6 +67,47 @@ def length_penalty(n: Tensor, alpha: float) -> Tensor:
     return ((5.0 + n.float()) / 6.0) ** alpha
 
 
+class Beams:
+    """The search of batched beam search, whatever the model: B sentences x K beams as B*K rows.
+
+    Scores are total log-probabilities; a finished hypothesis only continues with PAD, at no cost;
+    the final pick ranks by score / GNMT length penalty. The caller runs its model on the rows and
+    reorders its own state (RNN state, KV cache, tokens so far) by the parents `step` returns.
+    """
+
+    def __init__(self, B: int, K: int, device: torch.device | str):
+        self.B, self.K = B, K
+        self.scores = torch.full((B, K), float("-inf"), device=device)
+        self.scores[:, 0] = 0.0  # all beams start identical: keep one so the first step is not K copies
+        self.done = torch.zeros(B * K, dtype=torch.bool, device=device)
+        self.lengths = torch.zeros(B * K, dtype=torch.long, device=device)
+        self.offset = torch.arange(B, device=device) * K  # first row of each sentence
+
+    def step(self, logp: Tensor) -> tuple[Tensor, Tensor]:
+        """logp (B*K, V) of the next token -> (parent row, new token), each (B*K,)."""
+        B, K, V = self.B, self.K, logp.shape[-1]
+        finished = torch.full_like(logp, float("-inf"))
+        finished[:, PAD] = 0.0
+        logp = torch.where(self.done[:, None], finished, logp)
+        total = (self.scores.view(B * K, 1) + logp).view(B, K * V)
+        self.scores, flat = total.topk(K, dim=-1)  # (B, K)
+        parent = (flat // V + self.offset[:, None]).view(-1)  # row of each new beam's parent
+        y = (flat % V).view(-1)
+        was_done = self.done[parent]
+        self.lengths = self.lengths[parent] + (~was_done).long()
+        self.done = was_done | (y == EOS)
+        return parent, y
+
+    def all_done(self) -> bool:
+        return bool(self.done.all())
+
+    def best(self, alpha: float) -> tuple[Tensor, Tensor]:
+        """Row of each sentence's best hypothesis (B,) and its total log-probability (B,)."""
+        ranked = self.scores.view(-1) / length_penalty(self.lengths, alpha)
+        rows = ranked.view(self.B, self.K).argmax(-1) + self.offset
+        return rows, self.scores.view(-1)[rows]
+
+
 @torch.no_grad()
 def beam_search(model, src: Tensor, src_len: Tensor, beam: int = 5, length_penalty_alpha: float = 1.0,
                 max_len: int = 60) -> Decoded:
@@ -77,39 +118,24 @@ def beam_search(model, src: Tensor, src_len: Tensor, beam: int = 5, length_penal
     mem, state, feed = model.encode(src, src_len)
     rows = torch.arange(B, device=dev).repeat_interleave(K)  # (B*K,) sentence of each row
     mem, state, feed = mem.index_select(rows), _index_state(state, rows), feed[rows]
-    scores = torch.full((B, K), float("-inf"), device=dev)
-    scores[:, 0] = 0.0  # all beams start identical: keep one so the first step is not K copies
+    beams = Beams(B, K, dev)
     y = torch.full((B * K,), BOS, dtype=torch.long, device=dev)
-    done = torch.zeros(B * K, dtype=torch.bool, device=dev)
-    lengths = torch.zeros(B * K, dtype=torch.long, device=dev)
     toks = torch.zeros(B * K, 0, dtype=torch.long, device=dev)
     attns: Tensor | None = None
     for _ in range(_max_len(src_len, max_len)):
         logits, state, feed, w = model.step(y, state, feed, mem)
-        logp = torch.log_softmax(logits.float(), -1)  # (B*K, V)
-        V = logp.shape[-1]
-        # a finished hypothesis only continues with PAD, at no cost
-        finished = torch.full_like(logp, float("-inf"))
-        finished[:, PAD] = 0.0
-        logp = torch.where(done[:, None], finished, logp)
-        total = (scores.view(B * K, 1) + logp).view(B, K * V)
-        scores, flat = total.topk(K, dim=-1)  # (B,K)
-        parent = flat // V + torch.arange(B, device=dev)[:, None] * K  # row of the parent hypothesis
-        y = (flat % V).view(-1)
-        parent = parent.view(-1)
+        if w is not None:
+            w = w.masked_fill(beams.done[:, None], 0.0)  # a finished hypothesis attends to nothing
+        parent, y = beams.step(torch.log_softmax(logits.float(), -1))  # (B*K,) each
         state, feed = _index_state(state, parent), feed[parent]
         toks = torch.cat([toks[parent], y[:, None]], 1)
         if w is not None:
-            w = w.masked_fill(done[:, None], 0.0)[parent]
-            attns = w[:, None] if attns is None else torch.cat([attns[parent], w[:, None]], 1)
-        was_done = done[parent]
-        lengths = lengths[parent] + (~was_done).long()
-        done = was_done | (y == EOS)
-        if bool(done.all()):
+            w = w[parent][:, None]  # (B*K, 1, S)
+            attns = w if attns is None else torch.cat([attns[parent], w], 1)
+        if beams.all_done():
             break
-    ranked = scores.view(-1) / length_penalty(lengths, length_penalty_alpha)
-    best = ranked.view(B, K).argmax(-1) + torch.arange(B, device=dev) * K
-    return Decoded(toks[best], None if attns is None else attns[best], scores.view(-1)[best])
+    best, scores = beams.best(length_penalty_alpha)
+    return Decoded(toks[best], None if attns is None else attns[best], scores)
 
 
 def translate_batch(model, src: Tensor, src_len: Tensor, beam: int = 1, length_penalty_alpha: float = 1.0,

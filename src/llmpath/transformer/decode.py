@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from llmpath.seq2seq.data import BOS, EOS, PAD
-from llmpath.seq2seq.decode import Decoded, length_penalty
+from llmpath.seq2seq.decode import Beams, Decoded
 from llmpath.transformer.model import DecoderCache, Transformer
 
 
@@ -67,32 +67,17 @@ def beam_search(model: Transformer, src: Tensor, beam: int = 5, length_penalty_a
     memory, src_mask = model.encode(src)
     memory, src_mask = memory[rows], src_mask[rows]
     cache = DecoderCache(model.cfg.n_layer) if use_cache else None
-    scores = torch.full((B, K), float("-inf"), device=dev)
-    scores[:, 0] = 0.0  # all beams start identical: keep one so the first step is not K copies
+    beams = Beams(B, K, dev)
     ys = torch.full((B * K, 1), BOS, dtype=torch.long, device=dev)
-    done = torch.zeros(B * K, dtype=torch.bool, device=dev)
-    lengths = torch.zeros(B * K, dtype=torch.long, device=dev)
     for _ in range(_max_len(model, src, max_len)):
-        logp = _next_logp(model, ys, memory, src_mask, cache)  # (B*K, V)
-        V = logp.shape[-1]
-        finished = torch.full_like(logp, float("-inf"))
-        finished[:, PAD] = 0.0  # a finished hypothesis only continues with PAD, at no cost
-        logp = torch.where(done[:, None], finished, logp)
-        total = (scores.view(B * K, 1) + logp).view(B, K * V)
-        scores, flat = total.topk(K, dim=-1)  # (B, K)
-        parent = (flat // V + torch.arange(B, device=dev)[:, None] * K).view(-1)  # row of each new beam's parent
-        y = (flat % V).view(-1)
+        parent, y = beams.step(_next_logp(model, ys, memory, src_mask, cache))  # (B*K,) each
         ys = torch.cat([ys[parent], y[:, None]], 1)
         if cache is not None:
             cache.reorder(parent)
-        was_done = done[parent]
-        lengths = lengths[parent] + (~was_done).long()
-        done = was_done | (y == EOS)
-        if bool(done.all()):
+        if beams.all_done():
             break
-    ranked = scores.view(-1) / length_penalty(lengths, length_penalty_alpha)
-    best = ranked.view(B, K).argmax(-1) + torch.arange(B, device=dev) * K
-    return Decoded(ys[best, 1:], None, scores.view(-1)[best])
+    best, scores = beams.best(length_penalty_alpha)
+    return Decoded(ys[best, 1:], None, scores)
 
 
 def translate_batch(model: Transformer, src: Tensor, beam: int = 1, length_penalty_alpha: float = 1.0,

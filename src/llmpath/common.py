@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -103,3 +104,28 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
+
+
+# Options that change where or how fast a run goes, never what it learns.
+_NOT_RESULT = ("name", "out", "preset", "device", "threads", "workers")
+
+
+def comparable_config(cfg: Any) -> dict:
+    """The config as a dict without names, paths, device, threads, progress bars and resume: two runs
+    with equal dicts train the same model. Stored as summary.json's "config" to recognise finished runs."""
+    d = dataclasses.asdict(cfg)
+    for k in _NOT_RESULT:
+        d.pop(k, None)
+    for k in ("progress", "resume"):
+        d.get("train", {}).pop(k, None)
+    return d
+
+
+def finished_run(run: Path, cfg: Any) -> dict | None:
+    """The summary.json of a finished run folder trained with the same comparable config, else None."""
+    f = run / "summary.json"
+    if f.exists() and (run / "ckpt" / "best.pt").exists():
+        s = read_json(f)
+        if s.get("config") == comparable_config(cfg):
+            return s
+    return None

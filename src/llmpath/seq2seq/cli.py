@@ -19,7 +19,8 @@ from typing import Literal
 
 import torch
 
-from llmpath.common import count_params, log, prepare_run, read_json, run_dir, setup_logging, write_json
+from llmpath.common import (comparable_config, count_params, finished_run, log, prepare_run, read_json, run_dir,
+                            setup_logging, write_json)
 from llmpath.config import Command, ConfigError, RunConfig, TrainConfig, build_config, from_dict, opt, sub
 from llmpath.seq2seq.data import (DETOKENIZE, PAD, TOKENIZE, Vocab, eval_batches, load_translation, make_batches)
 from llmpath.seq2seq.decode import translate_batch
@@ -152,29 +153,12 @@ def evaluate_test(model, data, cfg: Seq2SeqRun, device, split: str = "test") -> 
 
 # ------------------------------------------------------------------------------ train
 
-def _comparable(cfg: Seq2SeqRun) -> dict:
-    d = dataclasses.asdict(cfg)
-    for k in ("name", "out", "preset", "device", "threads", "workers"):
-        d.pop(k, None)
-    d["train"].pop("progress", None)
-    d["train"].pop("resume", None)
-    return d
-
-
-def _finished(run: Path, cfg: Seq2SeqRun) -> dict | None:
-    f = run / "summary.json"
-    if f.exists() and (run / "ckpt" / "best.pt").exists():
-        s = read_json(f)
-        if s.get("config") == _comparable(cfg):
-            return s
-    return None
-
 
 def train(cfg: Seq2SeqRun, fresh: bool = True) -> dict:
     """Train one model, evaluate it on the test split (greedy and beam), write summary.json."""
     cfg.name = run_name(cfg)
     if not fresh and not cfg.train.resume:
-        done = _finished(run_dir(cfg, TOPIC), cfg)
+        done = finished_run(run_dir(cfg, TOPIC), cfg)
         if done is not None:
             log.info(f"reusing finished run {run_dir(cfg, TOPIC)}")
             return done
@@ -203,7 +187,7 @@ def train(cfg: Seq2SeqRun, fresh: bool = True) -> dict:
     test = evaluate_test(model, data, cfg, device)
     summary = {"attention": cfg.attention, "params": count_params(model), "steps": res.step,
                "train_seconds": round(res.seconds, 1), "val_loss": res.best, "test": test,
-               "sizes": data.meta["sizes"], "config": _comparable(cfg)}
+               "sizes": data.meta["sizes"], "config": comparable_config(cfg)}
     write_json(run / "summary.json", summary)
     g, b = test["greedy"], test["beam"]
     key = "exact_match" if "exact_match" in g else "bleu"
@@ -296,7 +280,7 @@ def compare(cfg: Seq2SeqRun, fresh: bool = False, attentions: tuple[str, ...] = 
             c = dataclasses.replace(cfg, attention=att, train=dataclasses.replace(cfg.train))
             c.name = ""
             c.name = run_name(c)
-            done = _finished(run_dir(c, TOPIC), c)
+            done = finished_run(run_dir(c, TOPIC), c)
             if done is not None:
                 results[att] = done
     # the bar judges only the models trained (or verified) by this call, not whatever else the folder holds

@@ -20,10 +20,11 @@ from typing import Literal
 
 import torch
 
-from llmpath.common import count_params, log, prepare_run, read_json, run_dir, setup_logging, write_json
+from llmpath.common import (comparable_config, count_params, finished_run, log, prepare_run, read_json, run_dir,
+                            setup_logging, write_json)
 from llmpath.config import Command, ConfigError, RunConfig, TrainConfig, build_config, from_dict, opt, sub
+from llmpath.seq2seq.cli import scores  # BLEU / chrF exactly as stage 3 scores them
 from llmpath.seq2seq.data import DETOKENIZE, TOKENIZE, Vocab, eval_batches, load_translation, make_batches
-from llmpath.seq2seq.metrics import bleu, chrf, exact_match
 from llmpath.train import fit, load_weights
 from llmpath.transformer.decode import translate_batch
 from llmpath.transformer.model import Transformer, TransformerConfig, label_smoothed_cross_entropy, transformer_loss
@@ -98,15 +99,6 @@ def translate_examples(model, examples, data, device, beam: int = 1, length_pena
     return hyps
 
 
-def scores(hyps: list[str], examples, data) -> dict:
-    """BLEU and chrF as stage 3 computes them (sacrebleu; English scored case-insensitively)."""
-    if data.tgt_lang == "dates":
-        refs = [DETOKENIZE["dates"](e.tgt_tokens) for e in examples]
-        return {"exact_match": 100 * exact_match(hyps, refs), "bleu": bleu(hyps, refs, "en")}
-    refs = [e.tgt_text for e in examples]
-    lower = data.tgt_lang == "en"
-    return {"bleu": bleu(hyps, refs, data.tgt_lang, lowercase=lower), "chrf": chrf(hyps, refs, data.tgt_lang, lowercase=lower)}
-
 
 def evaluate_split(model, data, cfg: TransformerRun, device, split: str = "test") -> dict:
     examples = getattr(data, split)
@@ -133,23 +125,6 @@ def token_nll(model, batches, device) -> float:
 
 # ------------------------------------------------------------------------------ train
 
-def _comparable(cfg: TransformerRun) -> dict:
-    d = dataclasses.asdict(cfg)
-    for k in ("name", "out", "preset", "device", "threads"):
-        d.pop(k, None)
-    d["train"].pop("progress", None)
-    d["train"].pop("resume", None)
-    return d
-
-
-def _finished(run: Path, cfg: TransformerRun) -> dict | None:
-    f = run / "summary.json"
-    if f.exists() and (run / "ckpt" / "best.pt").exists():
-        s = read_json(f)
-        if s.get("config") == _comparable(cfg):
-            return s
-    return None
-
 
 def load_data(cfg: TransformerRun):
     data = load_translation(cfg.data, cfg.direction, seed=cfg.seed)
@@ -164,7 +139,7 @@ def train(cfg: TransformerRun, fresh: bool = True) -> dict:
     """Train one model, score it on val and test (greedy and beam), write summary.json."""
     cfg.name = _name(cfg)
     if not fresh and not cfg.train.resume:
-        done = _finished(run_dir(cfg, TOPIC), cfg)
+        done = finished_run(run_dir(cfg, TOPIC), cfg)
         if done is not None:
             log.info(f"reusing finished run {run_dir(cfg, TOPIC)}")
             return done
@@ -188,7 +163,7 @@ def train(cfg: TransformerRun, fresh: bool = True) -> dict:
                "val_loss": res.best, "train_pairs": len(data.train),
                "val": {"greedy": scores(translate_examples(model, data.val, data, device, 1, max_len=cfg.max_len),
                                         data.val, data)},
-               "test": evaluate_split(model, data, cfg, device), "config": _comparable(cfg)}
+               "test": evaluate_split(model, data, cfg, device), "config": comparable_config(cfg)}
     write_json(run / "summary.json", summary)
     g, b = summary["test"]["greedy"], summary["test"]["beam"]
     key = "exact_match" if "exact_match" in g else "bleu"

@@ -266,6 +266,19 @@ def test_compare_reuses_finished_runs(tiny_runs, capsys):
     assert json.loads((ckpts["gru"].parent.parent / "summary.json").read_text())["lr"] == 1e-2
 
 
+def test_compare_in_worker_processes_matches_one_process(tiny_runs, tmp_path):
+    """--workers=2 trains the cells in two processes; the results are those of the one-process runs."""
+    from llmpath.config import build_config
+    from llmpath.rnn.cli import PRESETS, RNNRun, compare
+
+    _, res = tiny_runs
+    par = compare(build_config(RNNRun, ["--preset=tiny", f"--out={tmp_path}", "--workers=2"], PRESETS))
+    assert list(par["cells"]) == ["rnn", "gru", "lstm"]
+    for cell, row in res["result"]["cells"].items():
+        assert par["cells"][cell]["val_loss"] == row["val_loss"], cell
+        assert (tmp_path / "rnn" / f"tiny-{cell}" / "ckpt" / "best.pt").exists()
+
+
 def test_lr_by_cell_errors(capsys):
     assert main(["rnn", "train", "--preset=tiny", "--lr-by-cell=lstn=1e-2"]) == 2
     assert "unknown cell 'lstn'" in capsys.readouterr().err
@@ -295,7 +308,8 @@ def small_compare(tmp_path_factory):
     from llmpath.rnn.cli import PRESETS, RNNRun, compare
 
     out = tmp_path_factory.mktemp("small")
-    return compare(build_config(RNNRun, ["--preset=small", f"--out={out}", "--train.progress=false"], PRESETS))
+    return compare(build_config(RNNRun, ["--preset=small", f"--out={out}", "--train.progress=false", "--workers=2"],
+                                PRESETS))
 
 
 @pytest.mark.slow

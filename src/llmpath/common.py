@@ -9,7 +9,7 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -47,6 +47,18 @@ def seed_everything(seed: int) -> None:
 def set_threads(n: int) -> None:
     if n > 0:
         torch.set_num_threads(n)
+
+
+def map_processes(fn: Callable[[Any], Any], items: list, workers: int = 1) -> list:
+    """[fn(x) for x in items], with workers > 1 in that many spawned processes (fn must be a module-level
+    function). For single-threaded training runs: two on two cores take about the time of one."""
+    if workers <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(workers, len(items)), mp_context=mp.get_context("spawn")) as ex:
+        return list(ex.map(fn, items))
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,8 +20,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from llmpath.common import (count_params, get_device, log, prepare_run, read_json, run_dir, set_threads, setup_logging,
-                            write_json)
+from llmpath.common import (count_params, get_device, log, map_processes, prepare_run, read_json, run_dir, set_threads,
+                            setup_logging, write_json)
 from llmpath.config import Command, ConfigError, RunConfig, TrainConfig, from_dict, opt, sub
 from llmpath.data import CharTokenizer, RandomWindows, load_text, split_text
 from llmpath.plotting import bar_table, plt, save_fig, training_curves
@@ -42,6 +43,7 @@ class RNNRun(RunConfig):
     ngram_max_order: int = opt(8, "compare: try n-gram orders 1..N and keep the best on val")
     cells: str = opt("rnn,gru,lstm", "compare: the cells to train, comma-separated")
     lr_by_cell: str = opt("", "peak lr per cell, e.g. 'rnn=4e-3,lstm=2e-2'; a listed cell ignores --lr ('' = --lr for all)")
+    workers: int = opt(1, "compare/tour: train this many cells at once, one process each (use with --threads=1)")
     model: LMConfig = sub(LMConfig)
     train: TrainConfig = sub(TrainConfig)
 
@@ -175,6 +177,11 @@ def train(cfg: RNNRun) -> dict:
     return summary
 
 
+def _train_worker(cfg: RNNRun) -> dict:
+    setup_logging()
+    return train(cfg)
+
+
 def _finished(run: Path, cfg: RNNRun) -> dict | None:
     """The summary of a finished run with the same config, or None."""
     try:
@@ -189,7 +196,7 @@ def _finished(run: Path, cfg: RNNRun) -> dict | None:
 def _comparable(cfg: RNNRun) -> dict:
     d = json.loads(json.dumps(cfg, default=lambda o: o.__dict__))
     d["model"]["vocab_size"] = d["model"]["n_hidden"] = 0
-    for k in ("name", "out", "cells", "ngram_max_order", "device", "threads", "lr_by_cell"):  # the resolved lr is in train
+    for k in ("name", "out", "cells", "ngram_max_order", "device", "threads", "workers", "lr_by_cell"):  # the resolved lr is in train
         d.pop(k, None)
     d["train"].pop("progress", None)
     d["train"].pop("resume", None)
@@ -256,13 +263,21 @@ def compare(cfg: RNNRun, fresh: bool = False) -> dict:
     bad = [c for c in cells if c not in CELL_ORDER]
     if bad:
         raise ConfigError(f"unknown cell '{bad[0]}' in --cells; choose from: {', '.join(CELL_ORDER)}")
-    rows = {}
+    rows, todo = {}, []
     for cell in cells:
         c = for_cell(replace(cfg, model=replace(cfg.model, n_hidden=0)), cell)
         done = None if fresh else _finished(run_dir(c, TOPIC), c)
         if done:
             log.info(f"{cell}: reusing the finished run in {run_dir(c, TOPIC)} (--fresh retrains)")
-        rows[cell] = done or train(c)
+            rows[cell] = done
+        else:
+            todo.append(c)
+    if cfg.workers > 1 and len(todo) > 1:
+        for c in todo:  # two progress bars would overwrite each other
+            c.train.progress = False
+    for c, summary in zip(todo, map_processes(_train_worker, todo, cfg.workers)):
+        rows[c.model.cell] = summary
+    rows = {cell: rows[cell] for cell in cells}
     tok, train_ids, val_ids = load_ids(cfg)
     log.info(f"n-gram orders 1..{cfg.ngram_max_order} on {len(train_ids):,} {cfg.level}s")
     ng = ngram_scores(train_ids, val_ids, tok.vocab_size, cfg.ngram_max_order)
@@ -391,6 +406,7 @@ def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> dict:
     from llmpath.config import build_config
 
     cfg = build_config(RNNRun, [f"--preset={preset}", f"--out={out}"], PRESETS)
+    cfg.workers = min(2, os.cpu_count() or 1)  # two cells side by side, one core each
     res = figures(cfg, fresh)
     result = res["result"]
     lstm = result["cells"]["lstm"]["val_loss"]

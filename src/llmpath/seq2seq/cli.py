@@ -12,6 +12,7 @@ ckpt/best.pt, metrics.jsonl and summary.json (test BLEU/chrF, greedy and beam).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,8 @@ from typing import Literal
 
 import torch
 
-from llmpath.common import (comparable_config, count_params, finished_run, log, prepare_run, read_json, run_dir,
-                            setup_logging, write_json)
+from llmpath.common import (comparable_config, count_params, finished_run, log, map_processes, prepare_run, read_json,
+                            run_dir, setup_logging, write_json)
 from llmpath.config import Command, ConfigError, RunConfig, TrainConfig, build_config, from_dict, opt, sub
 from llmpath.seq2seq.data import (DETOKENIZE, PAD, TOKENIZE, Vocab, eval_batches, load_translation, make_batches)
 from llmpath.seq2seq.decode import translate_batch
@@ -252,17 +253,11 @@ def _train_worker(cfg: Seq2SeqRun, fresh: bool) -> dict:
 
 
 def train_many(cfgs: list[Seq2SeqRun], fresh: bool, workers: int = 1) -> list[dict]:
-    """train() each config; with workers > 1 in that many spawned processes (each model is single-threaded,
-    so two models on two cores take about the time of one)."""
-    if workers <= 1 or len(cfgs) <= 1:
-        return [train(c, fresh=fresh) for c in cfgs]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    for c in cfgs:  # two progress bars would overwrite each other
-        c.train.progress = False
-    with ProcessPoolExecutor(min(workers, len(cfgs)), mp_context=mp.get_context("spawn")) as ex:
-        return list(ex.map(_train_worker, cfgs, [fresh] * len(cfgs)))
+    """train() each config, with workers > 1 in that many processes (each model is single-threaded)."""
+    if workers > 1 and len(cfgs) > 1:
+        for c in cfgs:  # two progress bars would overwrite each other
+            c.train.progress = False
+    return map_processes(functools.partial(_train_worker, fresh=fresh), cfgs, workers)
 
 
 def compare(cfg: Seq2SeqRun, fresh: bool = False, attentions: tuple[str, ...] = ATTENTIONS) -> dict:

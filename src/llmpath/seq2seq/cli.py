@@ -64,8 +64,10 @@ class TranslateRun(Seq2SeqRun):
 PRESETS = {
     "tiny": {"threads": 1, "emb": 32, "hidden": 48, "attn_dim": 32, "train.max_steps": 30, "train.batch_size": 32,
              "train.eval_interval": 0, "train.warmup_steps": 5, "train.lr": 3e-3, "beam": 3},
-    "small": {"threads": 1, "emb": 64, "hidden": 128, "attn_dim": 64, "train.max_steps": 900, "train.batch_size": 64,
-              "train.eval_interval": 300, "train.warmup_steps": 30, "train.lr": 5e-3, "train.weight_decay": 0.01, "dropout": 0.3},
+    # label smoothing 0.1 and 1500 steps (was: none, 900): chosen on val BLEU, see the tutorial, section 7
+    "small": {"threads": 1, "emb": 64, "hidden": 128, "attn_dim": 64, "train.max_steps": 1500, "train.batch_size": 64,
+              "train.eval_interval": 300, "train.warmup_steps": 30, "train.lr": 5e-3, "train.weight_decay": 0.01, "dropout": 0.3,
+              "label_smoothing": 0.1},
     "base": {"emb": 256, "hidden": 512, "attn_dim": 256, "train.max_steps": 4000, "train.batch_size": 64,
              "train.eval_interval": 500, "train.warmup_steps": 200, "train.lr": 1e-3, "dropout": 0.3},
 }

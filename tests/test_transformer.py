@@ -386,11 +386,29 @@ def test_ablate_and_curve_tables_on_tiny(tmp_path):
     assert len(cur["runs"]) == len(FRACTIONS)
 
 
+def test_bar_compares_with_every_stage3_attention_run(tmp_path):
+    from llmpath.common import write_json
+    from llmpath.transformer.cli import compare_table
+
+    def run(bleu):
+        return {"params": 1, "val_loss": 3.0, "train_seconds": 1.0,
+                "test": {m: {"bleu": bleu, "chrf": 20.0} for m in ("greedy", "beam")}}
+
+    for att, bleu in (("none", 9.5), ("bahdanau", 6.0), ("dot", 8.5), ("general", 5.0), ("concat", 7.0)):
+        (tmp_path / "seq2seq" / f"small-{att}").mkdir(parents=True)
+        write_json(tmp_path / "seq2seq" / f"small-{att}" / "summary.json", run(bleu))
+    table, bar = compare_table(run(8.0), str(tmp_path), "small")
+    assert bar["best_stage3"] == ("第 3 章 Luong dot GRU", 8.5) and not bar["passed"]  # no-attention is not a rival
+    assert table.count("| 第 3 章") == 5
+
+
 def test_bar_without_stage3_runs_uses_stage3_measured_best(tmp_path):
     from llmpath.transformer.cli import STAGE3_MEASURED, compare_table
 
     ours = {"params": 1, "val_loss": 3.0, "train_seconds": 1.0,
-            "test": {m: {"bleu": 5.0, "chrf": 20.0} for m in ("greedy", "beam")}}
+            "test": {m: {"bleu": 8.0, "chrf": 20.0} for m in ("greedy", "beam")}}
     table, bar = compare_table(ours, str(tmp_path), "small")
-    assert bar["best_stage3"] == STAGE3_MEASURED["small"] and bar["passed"] and "3.89" in table
+    assert bar["best_stage3"] == STAGE3_MEASURED["small"] and bar["passed"] and "7.77" in table
+    ours["test"]["greedy"]["bleu"] = 7.5
+    assert not compare_table(ours, str(tmp_path), "small")[1]["passed"]
     assert not compare_table(ours, str(tmp_path), "tiny")[1]["passed"]  # no reference for tiny: run stage 3 first

@@ -388,7 +388,7 @@ def test_ablate_and_curve_tables_on_tiny(tmp_path):
 
 def test_bar_compares_with_every_stage3_attention_run(tmp_path):
     from llmpath.common import write_json
-    from llmpath.transformer.cli import compare_table
+    from llmpath.transformer.cli import STAGE3_MEASURED, compare_table
 
     def run(bleu):
         return {"params": 1, "val_loss": 3.0, "train_seconds": 1.0,
@@ -400,6 +400,11 @@ def test_bar_compares_with_every_stage3_attention_run(tmp_path):
     table, bar = compare_table(run(8.0), str(tmp_path), "small")
     assert bar["best_stage3"] == ("第 3 章 Luong dot GRU", 8.5) and not bar["passed"]  # no-attention is not a rival
     assert table.count("| 第 3 章") == 5
+    # runs below stage 3's measured best (the tour trains only none and Bahdanau) do not lower the bar
+    for att in ("dot", "general", "concat"):
+        (tmp_path / "seq2seq" / f"small-{att}" / "summary.json").unlink()
+    table, bar = compare_table(run(7.0), str(tmp_path), "small")
+    assert bar["best_stage3"] == STAGE3_MEASURED["small"] and not bar["passed"] and "7.77" in table
 
 
 def test_bar_without_stage3_runs_uses_stage3_measured_best(tmp_path):

@@ -72,7 +72,7 @@ _SMALL = {"threads": 1, "model.n_embd": 48, "model.n_params": 250_000, "model.bl
           "lr_by_cell": "rnn=4e-3,gru=1e-2,lstm=4e-2", "train.eval_interval": 250}
 PRESETS: dict[str, dict] = {
     "tiny": _TINY,
-    "small": _SMALL,  # the tour: 394 s measured for cells + n-gram + figures, 2 cores shared with other jobs
+    "small": _SMALL,  # the tour: 94 s for the cells (two at a time) + n-gram + figures, idle 2-core machine
     # word level: a 5000-word vocabulary makes the embedding and the head (V x H each) most of the
     # model, so it needs a larger budget than the char models for a usable hidden size (~200)
     # (lr 1e-2 for every cell: a middle value of the char-level grid, not tuned for words)

@@ -136,6 +136,7 @@ def test_encoder_decoder_equals_torch_transformer_outputs_and_gradients():
     torch.testing.assert_close(ours.decoder.layers[0].ff.fc1.weight.grad, g_ref[4], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")  # nn.Transformer's own note on norm_first
 def test_pre_ln_equals_torch_norm_first():
     torch.manual_seed(1)
     ref = nn.Transformer(d_model=16, nhead=2, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=24,

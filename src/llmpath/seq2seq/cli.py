@@ -33,9 +33,18 @@ TOPIC = "seq2seq"
 
 
 @dataclass
-class Seq2SeqRun(RunConfig):
+class TranslationRun(RunConfig):
+    """Options every translation topic shares (stage 3 and the Transformer): the data and how to decode."""
+
     data: str = opt("hsk-pairs", "hsk-pairs | dates (synthetic) | a .csv/.tsv/.jsonl file of src,tgt pairs")
     direction: Literal["zh-en", "en-zh"] = opt("zh-en", "translation direction")
+    beam: int = opt(5, "beam size for the beam-search evaluation and translate (1 = greedy)")
+    length_penalty: float = opt(1.0, "GNMT length-penalty alpha for ranking beams (0 = raw log-prob)")
+    max_len: int = opt(60, "longest output (also capped at 2 * source length + 10)")
+
+
+@dataclass
+class Seq2SeqRun(TranslationRun):
     attention: Literal["none", "bahdanau", "dot", "general", "concat"] = opt("bahdanau", "decoder attention")
     cell: Literal["gru", "lstm"] = opt("gru", "recurrent cell of encoder and decoder")
     impl: Literal["ours", "torch"] = opt("ours", "ours = stage 2's hand-written cells, torch = torch.nn fast path")
@@ -46,9 +55,6 @@ class Seq2SeqRun(RunConfig):
     scale: bool = opt(True, "divide Luong dot/general scores by sqrt(hidden) so the softmax does not saturate")
     teacher_forcing: float = opt(1.0, "probability of feeding the reference token (1 = always)")
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy")
-    beam: int = opt(5, "beam size for the beam-search evaluation and translate (1 = greedy)")
-    length_penalty: float = opt(1.0, "GNMT length-penalty alpha for ranking beams (0 = raw log-prob)")
-    max_len: int = opt(60, "longest output (also capped at 2 * source length + 10)")
     workers: int = opt(1, "compare/tour: train this many models at once, one process each (threads=1 each)")
     train: TrainConfig = sub(TrainConfig)
 

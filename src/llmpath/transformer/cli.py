@@ -22,8 +22,8 @@ import torch
 
 from llmpath.common import (comparable_config, count_params, finished_run, log, prepare_run, read_json, run_dir,
                             setup_logging, write_json)
-from llmpath.config import Command, ConfigError, RunConfig, TrainConfig, build_config, from_dict, opt, sub
-from llmpath.seq2seq.cli import scores  # BLEU / chrF exactly as stage 3 scores them
+from llmpath.config import Command, ConfigError, TrainConfig, build_config, from_dict, opt, sub
+from llmpath.seq2seq.cli import TranslationRun, scores  # scores: BLEU / chrF exactly as stage 3 scores them
 from llmpath.seq2seq.data import DETOKENIZE, TOKENIZE, Vocab, eval_batches, load_translation, make_batches
 from llmpath.train import fit, load_weights
 from llmpath.transformer.decode import translate_batch
@@ -33,9 +33,7 @@ TOPIC = "transformer"
 
 
 @dataclass
-class TransformerRun(RunConfig):
-    data: str = opt("hsk-pairs", "hsk-pairs | dates (synthetic) | a .csv/.tsv/.jsonl file of src,tgt pairs")
-    direction: Literal["zh-en", "en-zh"] = opt("zh-en", "translation direction")
+class TransformerRun(TranslationRun):
     n_layer: int = opt(2, "encoder layers (and as many decoder layers)")
     n_head: int = opt(4, "attention heads")
     n_embd: int = opt(128, "model width d_model")
@@ -47,9 +45,6 @@ class TransformerRun(RunConfig):
     sdpa: bool = opt(False, "attention through F.scaled_dot_product_attention")
     label_smoothing: float = opt(0.1, "label smoothing of the training cross-entropy")
     train_fraction: float = opt(1.0, "use this leading fraction of the training split (learning curves)")
-    beam: int = opt(5, "beam size for the beam-search evaluation and translate (1 = greedy)")
-    length_penalty: float = opt(1.0, "GNMT length-penalty alpha for ranking beams")
-    max_len: int = opt(60, "longest output (also capped at 2 * source length + 10)")
     train: TrainConfig = sub(TrainConfig)
 
 

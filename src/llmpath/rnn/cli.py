@@ -78,8 +78,8 @@ PRESETS: dict[str, dict] = {
     # (lr 1e-2 for every cell: a middle value of the char-level grid, not tuned for words)
     "word": {**_SMALL, "level": "word", "vocab_cap": 5000, "model.n_embd": 64, "model.n_params": 1_500_000,
              "model.block_size": 64, "ngram_max_order": 5, "train.lr": 1e-2, "lr_by_cell": ""},
-    "base": {**_SMALL, "model.n_params": 1_200_000, "model.n_embd": 64, "train.max_steps": 4000,
-             "train.eval_interval": 500, "eval_tokens": 0},  # not run yet; lrs taken from the small grid
+    "base": {**_SMALL, "model.n_params": 500_000, "train.max_steps": 3000, "train.eval_interval": 500,
+             "lr_by_cell": "rnn=4e-3,gru=5e-3,lstm=1e-2"},
 }
 
 
@@ -298,7 +298,9 @@ def compare(cfg: RNNRun, fresh: bool = False) -> dict:
     values = [ng[matched_n]["val_loss"], ng[best_n]["val_loss"]] + [r["val_loss"] for r in rows.values()]
     save_fig(bar_table(names, values, title=f"val loss, {cfg.preset} preset (lower is better)", ylabel=f"nats/{cfg.level}"),
              out / "figures" / "compare.png")
-    save_fig(_val_curves(cfg, cells), out / "figures" / "val_curves.png")
+    tags = {matched_n: "matched size", best_n: "best order" if best_n != matched_n else "matched size, best order"}
+    refs = {f"{n}-gram KN ({tag})": ng[n]["val_loss"] for n, tag in tags.items()}
+    save_fig(_val_curves(cfg, cells, refs), out / "figures" / "val_curves.png")
     print(table)
     return result
 
@@ -340,8 +342,11 @@ def results_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _val_curves(cfg: RNNRun, cells: list[str]):
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+def _val_curves(cfg: RNNRun, cells: list[str], refs: dict[str, float] | None = None):
+    """Left: train and val loss of each cell against the step. Right: val only, zoomed, with the
+    `refs` ({label: val loss}, the n-grams) as horizontal lines, so a crossing is easy to see."""
+    fig, (ax, az) = plt.subplots(1, 2, figsize=(11, 4.6))
+    vals = []
     for cell in cells:
         rows = read_metrics(run_dir(for_cell(cfg, cell), TOPIC) / "metrics.jsonl")
         tr = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
@@ -350,9 +355,20 @@ def _val_curves(cfg: RNNRun, cells: list[str]):
             line, = ax.plot(*zip(*tr), alpha=0.6, label=f"{cell} train")
             if va:
                 ax.plot(*zip(*va), "o--", color=line.get_color(), label=f"{cell} val")
+                az.plot(*zip(*va), "o-", color=line.get_color(), label=f"{cell} ({va[-1][1]:.4f})")
+                vals += [v for _, v in va]
+    for (label, value), style in zip((refs or {}).items(), (":", "-.")):
+        az.axhline(value, color="0.35", ls=style, lw=1.2, label=f"{label} ({value:.4f})")
+        vals.append(value)
     ax.set(xlabel="step", ylabel=f"loss (nats/{cfg.level})", title=f"{' vs '.join(c.upper() for c in cells)}, same parameters and steps")
-    ax.grid(alpha=0.3)
+    az.set(xlabel="step", ylabel=f"val loss (nats/{cfg.level})", title="val loss against the n-gram baselines")
+    if vals:
+        pad = 0.05 * (max(vals) - min(vals) or 1.0)
+        az.set_ylim(min(vals) - pad, max(vals) + pad)
+    for a in (ax, az):
+        a.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    az.legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below: never on a curve
     fig.tight_layout()
     return fig
 

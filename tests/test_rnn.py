@@ -329,3 +329,20 @@ def test_small_preset_gates_beat_rnn_and_matched_ngram(small_compare):
                    "parameters) still beats LSTM and GRU; see docs/tutorials/02_rnn_lstm.md, section 6")
 def test_small_preset_gates_beat_best_ngram(small_compare):
     assert small_compare["bar"]["passed"], small_compare["bar"]["checks"]
+
+
+def test_base_preset_is_the_one_the_tutorial_measured():
+    """The tutorial's base table (section 6.1) was measured with these sizes, steps and lrs; a changed preset
+    must come with a new table. (Training it takes 13 min on 2 cores, so only the configuration is checked.)"""
+    from llmpath.config import build_config
+    from dataclasses import replace
+
+    from llmpath.rnn.cli import PRESETS, RNNRun, for_cell
+
+    cfg = build_config(RNNRun, ["--preset=base"], PRESETS)
+    want = {"rnn": (642, 499_544, 4e-3), "gru": (370, 499_720, 5e-3), "lstm": (318, 497_456, 1e-2)}
+    for cell, (H, n_params, lr) in want.items():
+        c = for_cell(cfg, cell)
+        model = CharRNN(replace(c.model, vocab_size=80))  # shakespeare's 79 characters + <unk>
+        assert (model.n_hidden, sum(p.numel() for p in model.parameters()), c.train.lr) == (H, n_params, lr)
+        assert (c.train.max_steps, c.train.batch_size, c.model.block_size, c.eval_tokens) == (3000, 32, 128, 100_000)

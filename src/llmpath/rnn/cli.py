@@ -80,8 +80,9 @@ PRESETS: dict[str, dict] = {
              "model.block_size": 64, "ngram_max_order": 5, "train.lr": 1e-2, "lr_by_cell": ""},
     # base: twice the parameters, six times the steps; gru/lstm lrs from the 2000-step grid of tutorial 02
     # section 6.1, rnn keeps 4e-3 (2e-3 gave 1.5376 here);
-    # measured val RNN 1.5302, GRU 1.4664, LSTM 1.4897 vs KN 6-gram 1.5121: every bar check passes, but
-    # `rnn compare --preset=base --workers=2` takes 13 min 20 s on the idle 2-core machine (8.5x the tour's stage)
+    # measured val RNN 1.5302, GRU 1.4664, LSTM 1.4897 (seed 1: 1.5161, 1.4707, 1.4768) vs KN 6-gram 1.5121:
+    # every bar check passes, but `rnn compare --preset=base --workers=2` takes 13 min 20 s on the idle
+    # 2-core machine (8.5x the tour's stage)
     "base": {**_SMALL, "model.n_params": 500_000, "train.max_steps": 3000, "train.eval_interval": 500,
              "lr_by_cell": "rnn=4e-3,gru=5e-3,lstm=1e-2"},
 }

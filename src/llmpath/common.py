@@ -1,8 +1,7 @@
-"""Device selection, seeding, threads, logging and run folders: shared by every topic."""
+"""Device selection, seeding, threads, logging, JSON files and Markdown tables: shared by every topic."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -14,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from llmpath.config import ConfigError, save_config
+from llmpath.config import ConfigError
 
 log = logging.getLogger("llmpath")
 
@@ -70,27 +69,6 @@ def setup_logging(level: int = logging.INFO) -> None:
     log.propagate = False
 
 
-def prepare_run(cfg: Any, topic: str) -> tuple[Path, torch.device]:
-    """Seed, threads, device and run folder for a config; writes <run>/config.json."""
-    setup_logging()
-    seed_everything(cfg.seed)
-    set_threads(cfg.threads)
-    device = get_device(cfg.device)
-    run = run_dir(cfg, topic)
-    save_config(cfg, run / "config.json")
-    return run, device
-
-
-def run_dir(cfg: Any, topic: str) -> Path:
-    """<out>/<topic>/<name>/, created, with a figures/ folder."""
-    path = Path(cfg.out) / topic / (cfg.name or cfg.preset or "default")
-    try:
-        (path / "figures").mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create run folder {path}: {e.strerror}; choose another with --out") from None
-    return path
-
-
 def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
     path = Path(path)
@@ -118,26 +96,12 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-# Options that change where or how fast a run goes, never what it learns.
-_NOT_RESULT = ("name", "out", "preset", "device", "threads", "workers")
+def markdown_table(head: list[str], rows: list[list], align: str = "") -> str:
+    """A Markdown pipe table; `align` has one letter per column, l or r (default: first left, rest right).
 
-
-def comparable_config(cfg: Any) -> dict:
-    """The config as a dict without names, paths, device, threads, progress bars and resume: two runs
-    with equal dicts train the same model. Stored as summary.json's "config" to recognise finished runs."""
-    d = dataclasses.asdict(cfg)
-    for k in _NOT_RESULT:
-        d.pop(k, None)
-    for k in ("progress", "resume"):
-        d.get("train", {}).pop(k, None)
-    return d
-
-
-def finished_run(run: Path, cfg: Any) -> dict | None:
-    """The summary.json of a finished run folder trained with the same comparable config, else None."""
-    f = run / "summary.json"
-    if f.exists() and (run / "ckpt" / "best.pt").exists():
-        s = read_json(f)
-        if s.get("config") == comparable_config(cfg):
-            return s
-    return None
+    markdown_table(["model", "acc"], [["mlp", "0.91"]]) -> '| model | acc |\n|---|---:|\n| mlp | 0.91 |'
+    """
+    align = align or "l" + "r" * (len(head) - 1)
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -27,11 +27,16 @@ class ConfigError(ValueError):
     """A bad option or preset; the message is one line a learner can act on."""
 
 
-def opt(default: Any, help: str = "") -> Any:
-    """A dataclass field with a help string: `lr: float = opt(3e-4, "peak learning rate")`."""
+def opt(default: Any, help: str = "", result: bool = True) -> Any:
+    """A dataclass field with a help string: `lr: float = opt(3e-4, "peak learning rate")`.
+
+    result=False marks an option that changes where or how fast a run goes, never what it learns
+    (a name, a device, a progress bar): two runs that differ only in such options are the same run.
+    """
+    meta = {"help": help, "result": result}
     if isinstance(default, (list, dict, set)) or dataclasses.is_dataclass(default):
-        return field(default_factory=lambda: _copy(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: _copy(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 def _copy(x: Any) -> Any:
@@ -48,6 +53,7 @@ class TrainConfig:
     """Options of the shared fit loop (llmpath.train.fit)."""
 
     max_steps: int = opt(1000, "optimizer steps to train for")
+    epochs: int = opt(0, "train for this many passes over the data instead of max_steps (0 = use max_steps)")
     batch_size: int = opt(32, "samples per micro-batch")
     grad_accum: int = opt(1, "micro-batches per optimizer step (gradient accumulation)")
     lr: float = opt(1e-3, "peak learning rate")
@@ -62,23 +68,24 @@ class TrainConfig:
     eval_interval: int = opt(200, "evaluate every N steps (and at the end; 0 = only at the end)")
     log_interval: int = opt(10, "write a train-loss line to metrics.jsonl every N steps")
     ckpt_interval: int = opt(0, "save ckpt/last.pt every N steps (0 = at evals and the end)")
-    resume: bool = opt(False, "continue from the run folder's ckpt/last.pt")
+    resume: bool = opt(False, "continue from the run folder's ckpt/last.pt", result=False)
     stop_at: int = opt(0, "stop early after this step, keeping the schedule of max_steps (0 = off)")
     compile: bool = opt(False, "torch.compile the model")
-    amp: Literal["auto", "off", "bf16", "fp16"] = opt("auto", "mixed precision on GPU (auto: bf16 on CUDA, off on CPU)")
-    progress: bool = opt(True, "show a tqdm progress bar")
+    # no fp16: without a GradScaler its small gradients underflow to zero; bf16 has fp32's range
+    amp: Literal["auto", "off", "bf16"] = opt("auto", "mixed precision on GPU (auto: bf16 on CUDA, off on CPU)")
+    progress: bool = opt(True, "show a tqdm progress bar", result=False)
 
 
 @dataclass
 class RunConfig:
     """Fields every topic's run has; topics subclass it and add `model`, `train`, `data`, ..."""
 
-    name: str = opt("", "run name: outputs go to <out>/<topic>/<name> (default: the preset)")
-    preset: str = opt("", "preset to start from (see `llmpath list`)")
-    out: str = opt("runs", "root folder for run outputs")
-    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    name: str = opt("", "run name: outputs go to <out>/<topic>/<name> (default: the preset)", result=False)
+    preset: str = opt("", "preset to start from (see `llmpath list`)", result=False)
+    out: str = opt("runs", "root folder for run outputs", result=False)
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps", result=False)
     seed: int = opt(0, "random seed for python, numpy and torch")
-    threads: int = opt(0, "torch CPU threads (0 = leave torch's default)")
+    threads: int = opt(0, "torch CPU threads (0 = leave torch's default)", result=False)
 
 
 # ------------------------------------------------------------------ dict round trip

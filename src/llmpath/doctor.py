@@ -1,7 +1,7 @@
 """`llmpath doctor`: check that this machine can run the course; print a table and a hint per problem.
 
-Each check is a function returning (ok, detail, hint). CHECKS is a plain list; topics add a forward
-pass of their tiny preset through `TOPIC_SMOKE`.
+Each check is a function returning (ok, detail, hint). Every topic of llmpath.topics adds a forward
+pass of a tiny model through its cli's `smoke()`.
 """
 
 from __future__ import annotations
@@ -79,17 +79,6 @@ def check_writable(out: str = "runs") -> Check:
     return True, str(path.resolve()), ""
 
 
-# topic -> "module:function" doing a forward pass of the tiny preset (raises on failure)
-TOPIC_SMOKE: dict[str, str] = {
-    "mlp": "llmpath.mlp.cli:smoke",
-    "rnn": "llmpath.rnn.cli:smoke",
-    "seq2seq": "llmpath.seq2seq.cli:smoke",
-    "transformer": "llmpath.transformer.cli:smoke",
-    "tokenizer": "llmpath.tokenizers.cli:smoke",
-    "gpt": "llmpath.gpt.cli:smoke",
-}
-
-
 def check_topic(topic: str, target: str) -> Callable[[], Check]:
     def check() -> Check:
         mod, fn = target.split(":")
@@ -107,7 +96,9 @@ def all_checks(out: str = "runs") -> list[tuple[str, Callable[[], Check], bool]]
     checks = [("python", check_python, True), ("torch", check_torch, True), ("device", check_device, True),
               ("cjk font", check_fonts, False), ("runs/ writable", lambda: check_writable(out), True)]
     checks += [(f"dataset {n}", check_dataset(n), True) for n in DATASETS]
-    checks += [(f"topic {t}", check_topic(t, target), True) for t, target in TOPIC_SMOKE.items()]
+    from llmpath.topics import TOPICS
+
+    checks += [(f"topic {name}", check_topic(name, t.cli + ":smoke"), True) for name, t in TOPICS.items()]
     return checks
 
 

@@ -1,8 +1,7 @@
 """`llmpath tour`: run every stage's preset in learning-path order and write the report.
 
-Each stage is a function `tour(preset, out, fresh) -> dict` in its topic's cli module returning
-    {"metric": str, "value": float, "bar": str, "passed": bool, "table": markdown, "figures": [paths]}
-One stage failing does not stop the others; the exit code is non-zero if any failed. The report is
+The stages are the topics of llmpath.topics that have a stage number; each one's cli module has
+`tour(preset, out, fresh) -> StageResult`. One stage failing does not stop the others; the exit code is non-zero if any failed. The report is
 runs/tour/report.html (one self-contained page, figures embedded) and runs/tour/report.md.
 """
 
@@ -18,46 +17,27 @@ import re
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llmpath.common import setup_logging, write_json
 from llmpath.config import ConfigError, RunConfig, build_config, opt
+from llmpath.topics import TOPIC_LIST, Topic
 
-# Learning-path order. "teaches" is the paragraph the report shows for the stage.
-STAGES: list[dict] = [
-    {"num": "1", "topic": "mlp", "title": "MLP 与手写反向传播：文本分类", "run": "llmpath.mlp.cli:tour",
-     "tutorial": "docs/tutorials/01_mlp.md", "notebook": "notebooks/01_mlp.ipynb",
-     "teaches": "只用 NumPy 手写线性层、激活函数、softmax 交叉熵的前向与反向传播，以及 SGD / 动量 / Adam；"
-                "用有限差分和 PyTorch autograd 验证梯度；再在英文推文与中文评论的 TF-IDF 特征上，与 scikit-learn 逻辑回归比较。"},
-    {"num": "2", "topic": "rnn", "title": "RNN / LSTM / GRU：字符级莎士比亚语言模型", "run": "llmpath.rnn.cli:tour",
-     "tutorial": "docs/tutorials/02_rnn_lstm.md", "notebook": "notebooks/02_rnn_lstm.ipynb",
-     "teaches": "用张量运算手写 RNN、LSTM、GRU（与 torch.nn 逐项一致），在莎士比亚全集上训练字符级语言模型，"
-                "在相同参数量和步数下与 Kneser-Ney 字符 n-gram 比较；画出梯度消失（100+ 步，对数坐标）、梯度爆炸与裁剪、LSTM 门控热力图，并比较采样温度。"},
-    {"num": "3", "topic": "seq2seq", "title": "注意力 seq2seq：中英翻译（Bahdanau 与 Luong）、束搜索、BLEU、对齐图",
-     "run": "llmpath.seq2seq.cli:tour",
-     "tutorial": "docs/tutorials/03_attention_seq2seq.md", "notebook": "notebooks/03_attention_seq2seq.ipynb",
-     "teaches": "双向 GRU 编码器（第 2 阶段手写的单元）+ 解码器：先用一个固定上下文向量（信息瓶颈），再加 Bahdanau 加性注意力；"
-                "Luong 的 dot / general / concat 打分在 `llmpath seq2seq compare` 里比较。贪心与束搜索解码，sacrebleu 的 BLEU / chrF，"
-                "以及中文源句 × 英文译文的注意力对齐热力图。"},
-    {"num": "4", "topic": "transformer", "title": "Transformer 编码器-解码器：从零实现，与 torch.nn.Transformer 一致，中英翻译",
-     "run": "llmpath.transformer.cli:tour",
-     "tutorial": "docs/tutorials/04_transformer.md", "notebook": "notebooks/04_transformer.ipynb",
-     "teaches": "从第 3 章的注意力出发，只用注意力搭出整个模型：缩放点积注意力（手写版与 F.scaled_dot_product_attention 一致）、"
-                "多头自注意力与交叉注意力、逐位置前馈、残差 + LayerNorm（Post-LN 与 Pre-LN）、正弦与可学习位置编码、共享权重的输出层、标签平滑与 Noam 学习率；"
-                "整个编码器-解码器复制权重后与 torch.nn.Transformer 输出和梯度一致；带 KV 缓存的贪心与束搜索解码（与不缓存逐 token 相同）；"
-                "在第 3 章同一份中英数据上与 RNN 注意力模型比较 BLEU，并做消融（去掉位置编码、单头、Pre-LN、去掉标签平滑）。"},
-    {"num": "5a", "topic": "tokenizer", "title": "分词：从零实现字节级 BPE，训练快，编码与 tiktoken 一致", "run": "llmpath.tokenizers.cli:tour",
-     "tutorial": "docs/tutorials/05a_tokenization.md", "notebook": "notebooks/05a_tokenization.ipynb",
-     "teaches": "用正则预切分（GPT-2 / GPT-4 模式）加字节级 BPE 训练词表：朴素版每步重数所有字符对，快速版只更新含被合并对的词并用带惰性失效的堆取最大对，"
-                "两者学到完全相同的合并；编码结果与 tiktoken 逐 token 相同，任意 Unicode（中文、emoji）都能无损往返；"
-                "在莎士比亚与中文评论上与 Hugging Face tokenizers 比较词表重合度和压缩率（每字符 token 数）。"},
-    {"num": "5", "topic": "gpt", "title": "GPT：预训练、采样、KV 缓存、与 Hugging Face 互通、微调", "run": "llmpath.gpt.cli:tour",
-     "tutorial": "docs/tutorials/05_gpt.md", "notebook": "notebooks/05_gpt.ipynb",
-     "teaches": "只有解码器的 GPT-2 结构（Pre-LN、因果自注意力、GELU、权重共享），在莎士比亚全集上做字符级预训练；"
-                "逐 token 采样（温度、top-k、top-p、重复惩罚）与束搜索；KV 缓存让每个新 token 只算一行注意力，输出与不缓存完全相同；"
-                "权重与 Hugging Face GPT2LMHeadModel 互相导入导出、logits 一致；最后把预训练模型微调到分类和新领域。"},
-]
+STAGES: list[Topic] = [t for t in TOPIC_LIST if t.stage]  # learning-path order
+
+
+@dataclass
+class StageResult:
+    """What every topic's `tour()` returns: the headline metric against its bar, the table and figures."""
+
+    metric: str
+    value: float
+    bar: str
+    passed: bool
+    table: str = ""
+    figures: list = field(default_factory=list)
+    seconds: float = 0.0
 
 
 @dataclass
@@ -67,37 +47,41 @@ class TourConfig(RunConfig):
     fresh: bool = opt(False, "retrain even when a finished run exists")
 
 
-def _select(only: str) -> list[dict]:
+def _select(only: str) -> list[Topic]:
     if not only or only.strip() == "0":
         return list(STAGES)
     wanted = [w.strip() for w in only.split(",") if w.strip()]
-    valid = {s["num"] for s in STAGES} | {s["topic"] for s in STAGES}
+    valid = {s.stage for s in STAGES} | {s.name for s in STAGES}
     bad = [w for w in wanted if w not in valid]
     if bad:
         raise ConfigError(f"unknown stage '{bad[0]}' in --only; choose from: 0=all, "
-                          + ", ".join(f"{s['num']}={s['topic']}" for s in STAGES))
-    return [s for s in STAGES if s["num"] in wanted or s["topic"] in wanted]
+                          + ", ".join(f"{s.stage}={s.name}" for s in STAGES))
+    return [s for s in STAGES if s.stage in wanted or s.name in wanted]
 
 
 def _menu() -> str:
     print("llmpath tour: 大模型学习进化之路\n")
     print("  0. 全部 (all)")
     for s in STAGES:
-        print(f"  {s['num']}. {s['title']}  [{s['topic']}]")
+        print(f"  {s.stage}. {s.stage_title}  [{s.name}]")
     return input("\nchoose stages (e.g. 0, or 1,3) [0]: ").strip().replace(" ", ",") or "0"
 
 
-def run_stage(stage: dict, preset: str, out: str, fresh: bool) -> dict:
-    modname, fn = stage["run"].split(":")
+def stage_function(stage: Topic):
+    """The stage's `tour(preset, out, fresh) -> StageResult`."""
+    return importlib.import_module(stage.cli).tour
+
+
+def run_stage(stage: Topic, preset: str, out: str, fresh: bool) -> dict:
     t0 = time.time()
     try:
-        res = getattr(importlib.import_module(modname), fn)(preset=preset, out=out, fresh=fresh)
+        res = stage_function(stage)(preset=preset, out=out, fresh=fresh)
     except Exception as e:  # one stage failing must not stop the tour
         traceback.print_exc()
-        res = {"metric": "error", "value": float("nan"), "bar": "", "passed": False,
-               "table": f"failed: {type(e).__name__}: {e}", "figures": []}
-    res.update(stage=stage["num"], topic=stage["topic"], title=stage["title"], seconds=round(time.time() - t0, 1))
-    res["figures"] = [str(p) for p in res.get("figures", [])]
+        res = StageResult("error", float("nan"), "", False, f"failed: {type(e).__name__}: {e}")
+    res = asdict(res)
+    res.update(stage=stage.stage, topic=stage.name, title=stage.stage_title, seconds=round(time.time() - t0, 1))
+    res["figures"] = [str(p) for p in res["figures"]]
     return res
 
 
@@ -125,17 +109,18 @@ def write_markdown(results: list[dict], out: Path, total_s: float) -> Path:
     parts = ["# llmpath tour report\n", f"Total wall time: {total_s:.0f} s\n", summary_table(results)]
     for r in results:
         stage = _stage(r["stage"])
-        parts += [f"\n## {r['stage']}. {r['title']} (`{r['topic']}`)\n", stage.get("teaches", ""), "",
+        parts += [f"\n## {r['stage']}. {r['title']} (`{r['topic']}`)\n", stage.teaches if stage else "", "",
                   r.get("table", ""), ""]
         parts += [f"![{Path(f).stem}]({_rel(f, out)})" for f in r["figures"]]
-        parts += ["", f"Tutorial: `{stage.get('tutorial', '')}` · Notebook: `{stage.get('notebook', '')}`"]
+        if stage:
+            parts += ["", f"Tutorial: `{stage.tutorial}` · Notebook: `{stage.notebook}`"]
     path = out / "report.md"
     path.write_text("\n".join(parts) + "\n", encoding="utf-8")
     return path
 
 
-def _stage(num: str) -> dict:
-    return next((s for s in STAGES if s["num"] == num), {})
+def _stage(num: str) -> Topic | None:
+    return next((s for s in STAGES if s.stage == num), None)
 
 
 def _rel(path: str, base: Path) -> str:
@@ -246,10 +231,11 @@ def write_html(results: list[dict], out: Path, total_s: float) -> Path:
     for r in results:
         stage = _stage(r["stage"])
         body.append(f"<section id='stage-{r['stage']}'><h2>{r['stage']}. {html.escape(r['title'])} "
-                    f"(<code>{r['topic']}</code>)</h2><p>{html.escape(stage.get('teaches', ''))}</p>")
+                    f"(<code>{r['topic']}</code>)</h2><p>{html.escape(stage.teaches if stage else '')}</p>")
         body.append(markdown_to_html(r.get("table", "")))
         body.append("".join(_img(f) for f in r["figures"]))
-        links = [f"<a href='{_rel(stage[k], out)}'>{k}: {stage[k]}</a>" for k in ("tutorial", "notebook") if stage.get(k)]
+        links = [f"<a href='{_rel(getattr(stage, k), out)}'>{k}: {getattr(stage, k)}</a>"
+                 for k in ("tutorial", "notebook") if stage and getattr(stage, k)]
         body.append("<p>" + " · ".join(links) + "</p></section>")
     text = "".join(body)
     page = (f"<!doctype html><html lang='zh-CN'><head><meta charset='utf-8'><link rel='icon' href='data:,'><title>llmpath tour report</title>"
@@ -274,9 +260,9 @@ def merge_earlier(results: list[dict], out: Path, preset: str) -> list[dict]:
     if earlier.get("preset") != preset:
         return results
     done = {r["stage"] for r in results}
-    known = {s["num"] for s in STAGES}
+    known = {s.stage for s in STAGES}
     kept = [dict(r, earlier=True) for r in earlier.get("stages", []) if r.get("stage") in known - done]
-    order = {s["num"]: i for i, s in enumerate(STAGES)}
+    order = {s.stage: i for i, s in enumerate(STAGES)}
     return sorted(results + kept, key=lambda r: order.get(r["stage"], len(order)))
 
 
@@ -304,9 +290,9 @@ def main(argv: list[str]) -> int:
     t0 = time.time()
     results = []
     for stage in stages:
-        print(f"\n=== stage {stage['num']}: {stage['title']} ({stage['topic']}, preset {cfg.preset}) ===", flush=True)
+        print(f"\n=== stage {stage.stage}: {stage.stage_title} ({stage.name}, preset {cfg.preset}) ===", flush=True)
         results.append(run_stage(stage, cfg.preset, cfg.out, cfg.fresh))
-        print(f"--- stage {stage['num']} {'PASS' if results[-1]['passed'] else 'FAIL'} "
+        print(f"--- stage {stage.stage} {'PASS' if results[-1]['passed'] else 'FAIL'} "
               f"in {results[-1]['seconds']:.0f} s", flush=True)
     total = time.time() - t0
     tour_dir = Path(cfg.out) / "tour"

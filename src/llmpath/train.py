@@ -1,11 +1,15 @@
 """The one fit loop every topic uses (unless its lesson is the loop itself).
 
-    fit(model, loss_fn, batches, cfg, run_dir=run, evaluate=evaluate)
+    fit(model, loss_fn, batches, cfg, run=run, evaluate=evaluate, restore_best=True)
 
 - `loss_fn(model, batch) -> scalar loss`: the objective lives beside its model.
 - `batches(i) -> batch`: micro-batch i is a pure function of i (see llmpath.data.batching), so a
   resumed run sees exactly the batches the uninterrupted run would have seen.
 - `evaluate(model) -> {"val_loss": ..., ...}`: run under eval() and no_grad at every eval_interval.
+
+`run` (llmpath.runs.start_run) gives the folder, the device and what each checkpoint records besides
+the weights (topic, resolved config, tokenizer), so that `load_run(folder)` can rebuild the model.
+`epochs` (with a `batches` that knows its `per_epoch`) sets max_steps from the data size.
 
 It does AdamW (no decay on biases, norms and, unless asked, embeddings), warmup + cosine/linear/
 noam schedules, gradient clipping and accumulation, metrics.jsonl, atomic checkpoints `last.pt`
@@ -26,7 +30,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -213,8 +217,7 @@ def _barrier(world: int) -> None:
 def _autocast(device: torch.device, amp: str):
     if device.type != "cuda" or amp == "off":
         return contextlib.nullcontext()  # fp32 on CPU: bf16 matmuls are far slower there
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cuda", dtype=torch.bfloat16)  # bf16 keeps fp32's range: no loss scaling needed
 
 
 def _count(batch: Any, unit: str) -> int:
@@ -247,28 +250,40 @@ def fit(
     batches: Callable[[int], Any],
     cfg: TrainConfig,
     *,
+    run: Any = None,
     run_dir: str | Path | None = None,
     evaluate: Callable[[nn.Module], dict] | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     unit: str = "samples",
     config: Any = None,
     best_metric: str = "val_loss",
     best_mode: str = "min",
+    restore_best: bool = False,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> FitResult:
-    """Train `model` for cfg.max_steps optimizer steps; see the module docstring."""
-    device = torch.device(device)
-    model.to(device)
+    """Train `model` for cfg.max_steps optimizer steps (or cfg.epochs passes); see the module docstring.
+
+    restore_best=True leaves the model holding the weights of ckpt/best.pt when training ends.
+    """
     rank, world = dist_info()
     lead = rank == 0  # the one process that evaluates, logs and saves
+    meta: dict = {}
+    if run is not None:  # a llmpath.runs.Run: its folder, device and checkpoint record
+        run_dir, device, meta = run.path, device or run.device, run.meta()
+        if lead:
+            run.save_config()  # the resolved config, before the first step
+    elif config is not None:
+        meta = {"config": to_dict(config) if not isinstance(config, dict) else config}
+    device = torch.device(device or "cpu")
+    model.to(device)
+    cfg = _resolve_epochs(cfg, batches)
     opt = optimizer or make_optimizer(model, cfg)
-    run = Path(run_dir) if run_dir is not None else None
-    ckpt_dir = run / "ckpt" if run else None
-    metrics_path = run / "metrics.jsonl" if run else None
-    config_dict = to_dict(config) if config is not None and not isinstance(config, dict) else config
+    folder = Path(run_dir) if run_dir is not None else None
+    ckpt_dir = folder / "ckpt" if folder else None
+    metrics_path = folder / "metrics.jsonl" if folder else None
     step, best = 0, None
-    if run is not None:
-        run.mkdir(parents=True, exist_ok=True)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
 
     if cfg.resume and ckpt_dir is not None and (ckpt_dir / "last.pt").exists():
         ckpt = load_checkpoint(ckpt_dir / "last.pt", map_location=device)
@@ -288,7 +303,7 @@ def fit(
         if lead:
             save_checkpoint({"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
                              "scheduler": {"step": step, "schedule": cfg.schedule}, "step": step, "best": best,
-                             "rng": _rng_state(), "config": config_dict}, ckpt_dir / f"{name}.pt")
+                             "rng": _rng_state(), **meta}, ckpt_dir / f"{name}.pt")
         if sync:
             _barrier(world)  # no rank reads a checkpoint before rank 0 has written it
 
@@ -376,8 +391,22 @@ def fit(
     if evaluate is not None and best is None and ckpt_dir is not None and lead:
         checkpoint("best", sync=False)  # the metric was absent: keep the final weights as "best"
     _barrier(world)
+    seconds = time.time() - t_start
+    if restore_best and ckpt_dir is not None and (ckpt_dir / "best.pt").exists():
+        unwrap(model).load_state_dict(load_checkpoint(ckpt_dir / "best.pt", map_location=device)["model"])
     return FitResult(step=step, train_loss=float(loss_ema if loss_ema is not None else float("nan")), best=best,
-                     evals=evals, seconds=time.time() - t_start, run_dir=run)
+                     evals=evals, seconds=seconds, run_dir=folder)
+
+
+def _resolve_epochs(cfg: TrainConfig, batches: Any) -> TrainConfig:
+    """cfg with max_steps = epochs x optimizer steps per pass when --train.epochs is set."""
+    if cfg.epochs <= 0:
+        return cfg
+    per_epoch = getattr(batches, "per_epoch", None)
+    if per_epoch is None:
+        raise TrainingError("--train.epochs needs batches that know the data size (EpochBatches); "
+                            "give --train.max_steps instead")
+    return replace(cfg, max_steps=max(1, cfg.epochs * per_epoch // cfg.grad_accum))
 
 
 def _nan_stop(value: float, step: int, cfg: TrainConfig) -> None:

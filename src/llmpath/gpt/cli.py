@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -21,9 +20,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from llmpath.common import (count_params, get_device, log, prepare_run, read_json, set_threads, setup_logging,
-                             write_json)
-from llmpath.config import Command, ConfigError, RunConfig, TrainConfig, build_config, from_dict, opt, sub
+from llmpath.common import count_params, get_device, log, markdown_table, read_json, set_threads, setup_logging, write_json
+from llmpath.config import Command, ConfigError, RunConfig, TrainConfig, build_config, opt, sub
 from llmpath.data import EpochBatches, RandomWindows, load_classification, split_indices, split_text
 from llmpath.gpt.data import (encode_known, encode_special, lm_text, make_tokenizer, tokenizer_from_hf_files,
                               tokenizer_from_state)
@@ -33,7 +31,9 @@ from llmpath.gpt.generate import beam_search, generate, stream
 from llmpath.gpt.hf import from_hf, local_folder, to_hf
 from llmpath.gpt.model import GPT, MODEL_PRESETS, GPTConfig
 from llmpath.plotting import save_fig, training_curves
-from llmpath.train import dist_info, fit, init_distributed, load_checkpoint, load_weights, read_metrics
+from llmpath.runs import comparable_config, finished, load_run, open_folder, run_path, start_run, sub_config
+from llmpath.tour import StageResult
+from llmpath.train import dist_info, fit, init_distributed, read_metrics
 
 TOPIC = "gpt"
 CHAR_TOKENIZER = "llmpath_tokenizer.json"  # not tokenizer.json: that name is Hugging Face's fast-tokenizer file
@@ -74,18 +74,6 @@ PRESETS: dict[str, dict] = {
 
 # ----------------------------------------------------------------------------- loading
 
-def load_run(run: str | Path, device: torch.device | str = "cpu", which: str = "best", dropout: float | None = None):
-    """(model, tokenizer, GPTRun) of a trained run folder; `dropout` replaces the run's own when given."""
-    run = Path(run)
-    ckpt = load_checkpoint(run / "ckpt" / f"{which}.pt", map_location=device)
-    cfg = from_dict(GPTRun, ckpt["config"])
-    if dropout is not None:
-        cfg.model.dropout = dropout
-    model = GPT(cfg.model)
-    model.load_state_dict(ckpt["model"])
-    return model.to(device), tokenizer_from_state(read_json(run / "tokenizer.json")), cfg
-
-
 def load_any(src: str, device: torch.device | str = "cpu", dropout: float = 0.0):
     """(model, tokenizer): a run folder of ours, a GPT-2 folder (config.json + model.safetensors) or a hub name."""
     path = Path(src)
@@ -109,6 +97,7 @@ def train(cfg: GPTRun) -> dict:
     """Pretrain (or continue training) a GPT on a text corpus with the shared fit loop."""
     setup_logging()
     init_model = None
+    key = comparable_config(cfg)  # as asked: the vocabulary (or a loaded model's shape) is filled in below
     text = lm_text(cfg.data)
     if cfg.init_from:
         init_model, tok = load_any(cfg.init_from, "cpu", dropout=cfg.model.dropout)
@@ -118,14 +107,13 @@ def train(cfg: GPTRun) -> dict:
         cfg = replace(cfg, model=replace(cfg.model, vocab_size=tok.vocab_size))
     train_text, val_text, _ = split_text(text)
     train_ids, val_ids = encode_known(tok, train_text), encode_known(tok, val_text)[: cfg.eval_tokens + 1]
-    run, device = prepare_run(cfg, TOPIC)
-    device = init_distributed(device)
+    run = start_run(cfg, TOPIC, tokenizer=tok, key=key)
+    device = init_distributed(run.device)
     rank, world = dist_info()
     model = init_model.to(device) if init_model is not None else GPT(cfg.model)
     if rank == 0:
-        write_json(run / "tokenizer.json", tok.state_dict())
         log.info(f"GPT {count_params(model):,} parameters, vocab {tok.vocab_size}, {len(train_ids):,} train / "
-                 f"{len(val_ids):,} val tokens, {world} process(es) on {device} -> {run}")
+                 f"{len(val_ids):,} val tokens, {world} process(es) on {device} -> {run.path}")
     block = cfg.model.block_size
 
     def evaluate(m):
@@ -136,20 +124,20 @@ def train(cfg: GPTRun) -> dict:
         model.eval()
         before = {"val_loss": evaluate(model)["val_loss"], "sample": _sample(model, tok, cfg)}
     batches = RandomWindows(train_ids, block, cfg.train.batch_size, seed=cfg.seed)
-    res = fit(model, lm_loss, batches, cfg.train, run_dir=run, device=device, unit="tokens", config=cfg,
-              evaluate=evaluate)
+    res = fit(model, lm_loss, batches, cfg.train, run=run, device=device, unit="tokens", evaluate=evaluate)
     if rank != 0:
         return {}
+    curves = save_fig(training_curves(read_metrics(run.path / "metrics.jsonl"), f"GPT {cfg.preset or ''} {cfg.data}"),
+                      run.figures / "curves.png")
     summary = {"data": cfg.data, "tokenizer": cfg.tokenizer, "init_from": cfg.init_from, "params": count_params(model),
                "steps": res.step, "val_loss": res.best, "train_loss": res.train_loss, "seconds": round(res.seconds, 1),
                "tokens_per_s": round(res.step * cfg.train.batch_size * cfg.train.grad_accum * block / max(res.seconds, 1e-9)),
-               "world_size": world, "vocab_size": tok.vocab_size, "sample": _sample(model, tok, cfg)}
+               "world_size": world, "vocab_size": tok.vocab_size, "sample": _sample(model, tok, cfg),
+               "figures": [curves]}
     if before:
         summary["before"] = before
-    write_json(run / "summary.json", summary)
-    (run / "sample.txt").write_text(summary["sample"], encoding="utf-8")
-    save_fig(training_curves(read_metrics(run / "metrics.jsonl"), f"GPT {cfg.preset or ''} {cfg.data}"),
-             run / "figures" / "curves.png")
+    summary = run.finish(summary)
+    (run.path / "sample.txt").write_text(summary["sample"], encoding="utf-8")
     log.info(f"val loss {res.best:.4f} after {res.step} steps in {res.seconds:.0f} s\n--- sample ---\n{summary['sample']}")
     return summary
 
@@ -185,7 +173,7 @@ class SampleRun(GPTRun):
 def _sample_source(cfg: SampleRun) -> str:
     if cfg.run:
         return cfg.run
-    src = Path(cfg.out) / TOPIC / (cfg.name or cfg.preset or "small")
+    src = run_path(cfg, TOPIC)
     if not (src / "ckpt").exists():
         raise ConfigError(f"no trained model in {src}; train one first: llmpath gpt train --preset={cfg.preset or 'small'}"
                           " (or point --run at a run folder or a GPT-2 folder)")
@@ -342,7 +330,8 @@ def classify(cfg: ClassifyRun) -> dict:
     for init in ["pretrained"] + (["scratch"] if cfg.scratch else []):
         c = replace(cfg, name=f"{cfg.name or cfg.preset}-{Path(cfg.task).stem}-{init}", model=replace(pre.cfg),
                     train=_clf_train_cfg(cfg))
-        run, device = prepare_run(c, TOPIC)
+        run = start_run(c, TOPIC)
+        run.save_config()
         torch.manual_seed(cfg.seed)
         body = pre if init == "pretrained" else GPT(pre.cfg)
         model = GPTClassifier(body, len(data.label_names))
@@ -352,9 +341,9 @@ def classify(cfg: ClassifyRun) -> dict:
         def evaluate(m):
             return {"val_acc": float((predict(m, val_seqs) == data.labels[va]).mean())}
 
-        res = fit(model, classify_loss, batches, c.train, run_dir=run, device=device, config=c, evaluate=evaluate,
-                  best_metric="val_acc", best_mode="max")
-        load_weights(model, run / "ckpt" / "best.pt")
+        # run_dir, not run=: its checkpoints hold a classifier, which load_run (GPT language models) refuses
+        res = fit(model, classify_loss, batches, c.train, run_dir=run.path, device=run.device, config=c,
+                  evaluate=evaluate, best_metric="val_acc", best_mode="max", restore_best=True)
         pred = predict(model, test_seqs)
         rows[init] = {"test_acc": float((pred == data.labels[te]).mean()),
                       "test_macro_f1": float(f1_score(data.labels[te], pred, average="macro")),
@@ -363,19 +352,17 @@ def classify(cfg: ClassifyRun) -> dict:
         log.info(f"{init}: test accuracy {rows[init]['test_acc']:.4f}, macro-F1 {rows[init]['test_macro_f1']:.4f}")
     result = {"task": cfg.task, "pretrained_from": src, "labels": data.label_names, "test_size": len(te),
               "majority_acc": float(np.bincount(data.labels[te]).max() / len(te)), "rows": rows}
-    out = Path(cfg.out) / TOPIC / f"{cfg.name or cfg.preset}-{Path(cfg.task).stem}-classify"
-    out.mkdir(parents=True, exist_ok=True)
+    out = open_folder(replace(cfg, name=f"{cfg.name or cfg.preset}-{Path(cfg.task).stem}-classify"), TOPIC)
     write_json(out / "results.json", result)
     print(classify_table(result))
     return result
 
 
 def classify_table(result: dict) -> str:
-    lines = ["| model | test accuracy | test macro-F1 | steps | seconds |", "|---|---|---|---|---|"]
-    for name, r in result["rows"].items():
-        lines.append(f"| GPT {name} | {r['test_acc']:.4f} | {r['test_macro_f1']:.4f} | {r['steps']} | {r['seconds']:.0f} |")
-    lines.append(f"| majority class | {result['majority_acc']:.4f} | | | |")
-    return "\n".join(lines)
+    rows = [[f"GPT {name}", f"{r['test_acc']:.4f}", f"{r['test_macro_f1']:.4f}", r["steps"], f"{r['seconds']:.0f}"]
+            for name, r in result["rows"].items()]
+    rows.append(["majority class", f"{result['majority_acc']:.4f}", "", "", ""])
+    return markdown_table(["model", "test accuracy", "test macro-F1", "steps", "seconds"], rows)
 
 
 # ---------------------------------------------------------------------------- finetune
@@ -395,7 +382,7 @@ def finetune(cfg: FinetuneRun) -> dict:
                 train=replace(cfg.train, max_steps=cfg.ft_steps, lr=cfg.ft_lr,
                               warmup_steps=min(cfg.train.warmup_steps, cfg.ft_steps // 10),
                               eval_interval=max(cfg.ft_steps // 3, 1)))
-    summary = train(GPTRun(**{f: getattr(c, f) for f in GPTRun.__dataclass_fields__}))
+    summary = train(sub_config(c, GPTRun))
     if summary:
         print(f"val loss on {cfg.target}: before {summary['before']['val_loss']:.4f} -> after {summary['val_loss']:.4f}\n"
               f"--- before ---\n{summary['before']['sample']}\n--- after ---\n{summary['sample']}")
@@ -430,7 +417,7 @@ def strategies(cfg: SampleRun, n_samples: int = 4, length: int = 200) -> str:
     model, tok = load_any(_sample_source(cfg), "cpu")
     words = set(re.findall(r"[A-Za-z']+", lm_text(cfg.data)[:2_000_000]))
     prompt = tok.encode(cfg.prompt)
-    rows = ["| strategy | nats/char under the model | distinct 4-grams | real words | example |", "|---|---|---|---|---|"]
+    rows = []
     for name, kw in STRATEGIES.items():
         texts, nll = [], []
         runs = 1 if "greedy" in kw or "num_beams" in kw else n_samples
@@ -446,36 +433,30 @@ def strategies(cfg: SampleRun, n_samples: int = 4, length: int = 200) -> str:
         found = [w for t in texts for w in re.findall(r"[A-Za-z']+", t)]
         real = sum(w in words for w in found) / max(len(found), 1)
         example = texts[0][:60].replace("\n", " / ").replace("|", "/")
-        rows.append(f"| {name} | {np.mean(nll):.3f} | {len(set(grams)) / max(len(grams), 1):.2f} | {real:.0%} | `{example}` |")
-    table = "\n".join(rows)
+        rows.append([name, f"{np.mean(nll):.3f}", f"{len(set(grams)) / max(len(grams), 1):.2f}", f"{real:.0%}", f"`{example}`"])
+    table = markdown_table(["strategy", "nats/char under the model", "distinct 4-grams", "real words", "example"], rows,
+                           "lrrrl")
     print(table)
     return table
 
 
 # -------------------------------------------------------------------------------- tour
 
-def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> dict:
+def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> StageResult:
     """Stage 5 of `llmpath tour`: pretrain the preset on Shakespeare, sample, time the KV cache."""
     cfg = build_config(GPTRun, [f"--preset={preset}", f"--out={out}"], PRESETS)
-    run = Path(out) / TOPIC / cfg.name
-    summary = None
-    if not fresh and (run / "summary.json").exists() and (run / "config.json").exists():
-        old = read_json(run / "config.json")
-        old["model"]["vocab_size"] = cfg.model.vocab_size
-        if old == json.loads(json.dumps(cfg.__dict__, default=lambda o: o.__dict__)):
-            summary = read_json(run / "summary.json")
-    summary = summary or train(cfg)
-    model, tok, _ = load_run(run)
+    summary = (None if fresh else finished(cfg, TOPIC)) or train(cfg)
+    model, tok, _ = load_run(run_path(cfg, TOPIC))
     speed = cache_speed(model, tok, n=min(200, model.cfg.block_size - 2))
     val = summary["val_loss"]
     bar = {"tiny": 4.0, "small": 2.0}.get(preset, 2.0)  # tiny: clearly better than uniform (ln 73 = 4.29)
-    table = (f"| preset | params | steps | val loss (nats/char) | time (s) | tokens/s |\n|---|---|---|---|---|---|\n"
-             f"| {preset} | {summary['params']:,} | {summary['steps']} | {val:.4f} | {summary['seconds']:.0f} | "
-             f"{summary['tokens_per_s']:,} |\n\nKV cache: {speed['with_cache']:.0f} tokens/s with, "
-             f"{speed['without_cache']:.0f} without ({speed['speedup']:.1f}x), identical tokens: {speed['identical']}"
+    table = (markdown_table(["preset", "params", "steps", "val loss (nats/char)", "time (s)", "tokens/s"],
+                            [[preset, f"{summary['params']:,}", summary["steps"], f"{val:.4f}", f"{summary['seconds']:.0f}",
+                              f"{summary['tokens_per_s']:,}"]])
+             + f"\n\nKV cache: {speed['with_cache']:.0f} tokens/s with, {speed['without_cache']:.0f} without "
+             f"({speed['speedup']:.1f}x), identical tokens: {speed['identical']}"
              f"\n\nsample (temperature 0.8, top-k 50):\n\n```text\n{summary['sample'][:400]}\n```")
-    return {"metric": "val loss (nats/char)", "value": val, "bar": f"val loss < {bar}", "passed": val < bar,
-            "table": table, "figures": [run / "figures" / "curves.png"]}
+    return StageResult("val loss (nats/char)", val, f"val loss < {bar}", val < bar, table, summary["figures"])
 
 
 @torch.no_grad()
@@ -508,13 +489,8 @@ def smoke() -> str:
 
 # ------------------------------------------------------------------------------ commands
 
-def _train_cmd(cfg: GPTRun) -> int:
-    train(cfg)
-    return 0
-
-
 COMMANDS = {
-    "train": Command(_train_cmd, GPTRun, "pretrain a GPT (or continue from --init-from); DDP under torchrun",
+    "train": Command(train, GPTRun, "pretrain a GPT (or continue from --init-from); DDP under torchrun",
                      examples=("llmpath gpt train", "llmpath gpt train --preset=tiny",
                                "llmpath gpt train --train.compile --train.max_steps=2000",
                                "torchrun --nproc_per_node=2 -m llmpath gpt train --train.batch_size=32")),
@@ -526,15 +502,15 @@ COMMANDS = {
                                 'llmpath gpt sample "Hello" --run path/to/gpt2-folder')),
     "chat": Command(chat, SampleRun, "interactive REPL over a trained model (Ctrl-D leaves)",
                     examples=("llmpath gpt chat", "llmpath gpt chat --temperature 0.7 --max-new-tokens 200")),
-    "strategies": Command(lambda c: strategies(c) and 0, SampleRun,
+    "strategies": Command(strategies, SampleRun,
                           "compare decoding strategies on a trained model: likelihood, repetition, real words",
                           examples=('llmpath gpt strategies --prompt "ROMEO:"',)),
     "export": Command(export, ExportRun, "write a run as a Hugging Face GPT-2 folder (safetensors)",
                       examples=("llmpath gpt export --dir runs/gpt/small/hf",)),
-    "classify": Command(lambda c: classify(c) and 0, ClassifyRun,
+    "classify": Command(classify, ClassifyRun,
                         "classification head: pretrained GPT vs from scratch; accuracy table",
                         examples=("llmpath gpt classify --task tweets",)),
-    "finetune": Command(lambda c: finetune(c) and 0, FinetuneRun,
+    "finetune": Command(finetune, FinetuneRun,
                         "continue training on a second domain; val loss and samples before/after",
                         examples=("llmpath gpt finetune --target hsk-pairs",)),
 }

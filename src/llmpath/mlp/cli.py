@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -19,14 +19,16 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
-from llmpath.common import log, prepare_run, read_json, seed_everything, set_threads, setup_logging, write_json
-from llmpath.config import Command, ConfigError, RunConfig, TrainConfig, opt, sub
+from llmpath.common import log, markdown_table, read_json, seed_everything, set_threads, setup_logging, write_json
+from llmpath.config import Command, ConfigError, RunConfig, TrainConfig, opt
 from llmpath.data import EpochBatches
 from llmpath.mlp import experiments
 from llmpath.mlp.features import Features, build_features
 from llmpath.mlp.model import TorchMLP, classification_loss, predict_logits, sparse_rows_to_tensor
 from llmpath.mlp.numpy_mlp import MLP, make_optimizer, train_numpy
 from llmpath.plotting import confusion_matrix, save_fig, training_curves
+from llmpath.runs import finished, run_path, start_run
+from llmpath.tour import StageResult
 from llmpath.train import fit, load_weights, read_metrics
 
 TOPIC = "mlp"
@@ -42,7 +44,6 @@ class MLPRun(RunConfig):
     hidden: int = opt(64, "hidden units of the one hidden layer")
     activation: Literal["relu", "tanh", "sigmoid", "gelu"] = opt("relu", "hidden activation")
     dropout: float = opt(0.3, "dropout after the hidden layer (both MLPs)")
-    epochs: int = opt(3, "passes over the train split (both MLPs); the best epoch on val is kept")
     batch: int = opt(64, "NumPy MLP mini-batch size")
     optimizer: Literal["sgd", "momentum", "adam"] = opt("adam", "NumPy MLP optimizer")
     np_lr: float = opt(1e-3, "NumPy MLP learning rate")
@@ -51,15 +52,16 @@ class MLPRun(RunConfig):
     figures: bool = opt(True, "train: also draw the intuition figures (llmpath mlp plot)")
     boundary_epochs: int = opt(150, "plot: epochs of the 2-D decision-boundary models")
     opt_steps: int = opt(300, "plot: steps of the optimizer comparison")
-    train: TrainConfig = sub(TrainConfig)
+    # train.epochs: passes over the train split for both MLPs (the best epoch on val is kept)
+    train: TrainConfig = opt(TrainConfig(epochs=3), "the torch MLP's fit loop; epochs and batch size serve both MLPs")
 
 
-_TINY = {"threads": 1, "max_train": 1500, "max_features": 2000, "hidden": 16, "epochs": 2, "baseline_c": "1", "np_lr": 1e-2, "train.lr": 1e-2,
-         "boundary_epochs": 20, "opt_steps": 40, "train.batch_size": 64, "train.max_steps": 0,
+_TINY = {"threads": 1, "max_train": 1500, "max_features": 2000, "hidden": 16, "train.epochs": 2, "baseline_c": "1",
+         "np_lr": 1e-2, "train.lr": 1e-2, "boundary_epochs": 20, "opt_steps": 40, "train.batch_size": 64,
          "train.warmup_steps": 5, "train.eval_interval": 0, "train.progress": False, "train.log_interval": 5}
 # threads 1: the matrices are small (64 x 20k), and with 2 threads torch spends more on syncing
 # than it gains (11 ms vs 84 ms a step on a busy 2-core machine).
-_SMALL = {"threads": 1, "train.batch_size": 64, "train.max_steps": 0, "train.lr": 1e-3, "train.warmup_steps": 50,
+_SMALL = {"threads": 1, "train.batch_size": 64, "train.lr": 1e-3, "train.warmup_steps": 50,
           "train.eval_interval": 0, "train.log_interval": 20, "train.progress": False}
 PRESETS: dict[str, dict] = {
     "tiny": _TINY,  # tests: seconds
@@ -104,22 +106,19 @@ def train_baseline(cfg: MLPRun, f: Features) -> tuple[LogisticRegression, dict]:
 def train_numpy_mlp(cfg: MLPRun, f: Features) -> tuple[MLP, dict]:
     m = MLP((f.n_features, cfg.hidden, len(f.label_names)), cfg.activation, seed=cfg.seed, dropout=cfg.dropout)
     opt_ = make_optimizer(cfg.optimizer, m, cfg.np_lr, cfg.np_weight_decay)
-    h = train_numpy(m, f.x_train, f.y_train, opt_, cfg.epochs, cfg.batch, cfg.seed, f.x_val, f.y_val)
+    h = train_numpy(m, f.x_train, f.y_train, opt_, cfg.train.epochs, cfg.batch, cfg.seed, f.x_val, f.y_val)
     return m, {"val_accuracy": h.best_acc, "best_epoch": h.best_epoch + 1, "val_acc_per_epoch": h.val_acc}
 
 
 def train_torch_mlp(cfg: MLPRun, f: Features, run: Path, device) -> tuple[TorchMLP, dict]:
     torch.manual_seed(cfg.seed)
     model = TorchMLP((f.n_features, cfg.hidden, len(f.label_names)), cfg.activation, cfg.dropout)
-    tcfg = TrainConfig(**{**cfg.train.__dict__})
-    per_epoch = max(1, f.x_train.shape[0] // tcfg.batch_size)
-    if tcfg.max_steps <= 0:
-        tcfg.max_steps = cfg.epochs * per_epoch
-    if tcfg.eval_interval <= 0:
-        tcfg.eval_interval = per_epoch  # evaluate after every epoch, keep the best on val
     y = torch.from_numpy(f.y_train)
-    batches = EpochBatches(f.x_train.shape[0], tcfg.batch_size,
+    batches = EpochBatches(f.x_train.shape[0], cfg.train.batch_size,
                            lambda idx: (sparse_rows_to_tensor(f.x_train, idx), y[idx]), seed=cfg.seed)
+    tcfg = cfg.train
+    if tcfg.eval_interval <= 0:  # evaluate after every epoch, keep the best on val
+        tcfg = replace(tcfg, eval_interval=batches.per_epoch)
 
     def evaluate(m):
         logits = predict_logits(m, f.x_val, device)
@@ -127,18 +126,14 @@ def train_torch_mlp(cfg: MLPRun, f: Features, run: Path, device) -> tuple[TorchM
         return {"val_loss": lv, "val_acc": float((logits.argmax(1) == f.y_val).mean())}
 
     res = fit(model, classification_loss, batches, tcfg, run_dir=run, evaluate=evaluate, device=device,
-              config=cfg, best_metric="val_acc", best_mode="max")
-    load_weights(model, run / "ckpt" / "best.pt", map_location=device)
+              config=cfg, best_metric="val_acc", best_mode="max", restore_best=True)
     return model, {"val_accuracy": res.best, "steps": res.step}
 
 
 def results_table(results: dict) -> str:
-    lines = ["| dataset | model | test accuracy | test macro-F1 |", "|---|---|---|---|"]
-    for ds, r in results["datasets"].items():
-        for m in MODELS:
-            t = r[m]["test"]
-            lines.append(f"| {ds} | {m} | {100 * t['accuracy']:.2f} | {100 * t['macro_f1']:.2f} |")
-    return "\n".join(lines)
+    rows = [[ds, m, f"{100 * r[m]['test']['accuracy']:.2f}", f"{100 * r[m]['test']['macro_f1']:.2f}"]
+            for ds, r in results["datasets"].items() for m in MODELS]
+    return markdown_table(["dataset", "model", "test accuracy", "test macro-F1"], rows, "llrr")
 
 
 def bar(results: dict) -> dict:
@@ -167,7 +162,8 @@ def train(cfg: MLPRun) -> dict:
 
 
 def _train(cfg: MLPRun) -> dict:
-    run, device = prepare_run(cfg, TOPIC)
+    run_ = start_run(cfg, TOPIC)
+    run, device = run_.path, run_.device
     t_all = time.time()
     results: dict = {"preset": cfg.preset, "datasets": {}}
     figures: list[str] = []
@@ -206,7 +202,7 @@ def _train(cfg: MLPRun) -> dict:
     results["bar"] = bar(results)
     results["seconds"] = round(time.time() - t_all, 1)
     results["figures"] = figures
-    write_json(run / "results.json", results)
+    results = run_.finish(results)
     print(results_table(results))
     print(f"bar (MLP within 1 point of the baseline or better on every dataset): "
           f"{'PASS' if results['bar']['passed'] else 'FAIL'}; {results['seconds']:.0f} s; {run / 'results.json'}")
@@ -219,7 +215,7 @@ def evaluate(cfg: MLPRun) -> dict:
     """Re-score the saved NumPy and torch MLPs of a finished run on the test split."""
     setup_logging()
     set_threads(cfg.threads)
-    run = Path(cfg.out) / TOPIC / (cfg.name or cfg.preset or "default")
+    run = run_path(cfg, TOPIC)
     if not (run / "results.json").exists():
         raise ConfigError(f"no finished run in {run}; train first: llmpath mlp train"
                           + (f" --preset={cfg.preset}" if cfg.preset else ""))
@@ -249,7 +245,7 @@ def evaluate(cfg: MLPRun) -> dict:
 def plot(cfg: MLPRun, run: Path | None = None) -> dict:
     """Decision boundaries (two-moons, XOR), activations and derivatives, SGD vs momentum vs Adam."""
     if run is None:
-        run, _ = prepare_run(cfg, TOPIC)
+        run = start_run(cfg, TOPIC).path
     name = datasets(cfg)[0]
     f = features_for(cfg, name)
     # a random 4000 of train (the split is sorted by index and the files by label)
@@ -263,24 +259,17 @@ def plot(cfg: MLPRun, run: Path | None = None) -> dict:
 
 # ------------------------------------------------------------------------- tour, smoke
 
-def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> dict:
+def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> StageResult:
     """Stage 1 of `llmpath tour`: the three models on both datasets, the table, the figures."""
     from llmpath.config import build_config
 
     cfg = build_config(MLPRun, [f"--preset={preset}", f"--out={out}"], PRESETS)
-    run = Path(out) / TOPIC / cfg.name
-    res = None
-    if not fresh and (run / "results.json").exists():
-        old = read_json(run / "results.json")
-        # reuse a finished run of this preset when its figures are still there (--fresh retrains)
-        if old.get("preset") == preset and old.get("figures") and all(Path(p).exists() for p in old["figures"]):
-            res = old
-    res = res or train(cfg)
+    res = (None if fresh else finished(cfg, TOPIC)) or train(cfg)
     worst = min(min(r[m]["test"]["accuracy"] - r["baseline"]["test"]["accuracy"] for m in ("numpy_mlp", "torch_mlp"))
                 for r in res["datasets"].values())
-    return {"metric": "worst MLP - baseline test accuracy (points)", "value": round(100 * worst, 2),
-            "bar": ">= -1 point on tweets and chinese-reviews", "passed": bool(res["bar"]["passed"]),
-            "table": results_table(res), "figures": res["figures"]}
+    return StageResult("worst MLP - baseline test accuracy (points)", round(100 * worst, 2),
+                       ">= -1 point on tweets and chinese-reviews", bool(res["bar"]["passed"]), results_table(res),
+                       res["figures"])
 
 
 def smoke() -> str:
@@ -299,13 +288,13 @@ def smoke() -> str:
 
 
 COMMANDS = {
-    "train": Command(lambda c: train(c) and 0, MLPRun,
+    "train": Command(train, MLPRun,
                      "baseline + NumPy MLP + torch MLP on --data; prints the table, writes results.json and figures",
                      examples=("llmpath mlp train", "llmpath mlp train --preset=tiny --data=tweets",
                                "llmpath mlp train --data=my.csv --hidden=128 --epochs=5")),
-    "eval": Command(lambda c: evaluate(c) and 0, MLPRun, "re-score a finished run's saved MLPs on the test split",
+    "eval": Command(evaluate, MLPRun, "re-score a finished run's saved MLPs on the test split",
                     examples=("llmpath mlp eval", "llmpath mlp eval --preset=tiny")),
-    "plot": Command(lambda c: plot(c) and 0, MLPRun,
+    "plot": Command(plot, MLPRun,
                     "intuition figures: decision boundaries, activations, SGD vs momentum vs Adam",
                     examples=("llmpath mlp plot", "llmpath mlp plot --preset=tiny")),
 }

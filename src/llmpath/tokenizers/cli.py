@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from llmpath.common import log, setup_logging, write_json
+from llmpath.common import log, markdown_table, setup_logging, write_json
 from llmpath.config import Command, ConfigError, build_config, opt
 from llmpath.data import split_text
 from llmpath.tokenizers.compare import chinese_text, compare_with_hf, corpus_text, same_as_tiktoken
 from llmpath.tokenizers.files import load, save
 from llmpath.tokenizers.tokenizer import SPECIAL_TOKENS, Tokenizer
+from llmpath.tour import StageResult
 
 TOPIC = "tokenizer"
 
@@ -83,7 +84,7 @@ def train(cfg: TokTrain) -> dict:
                "tokens_per_char": round(n / max(len(held), 1), 4), "same_as_tiktoken": same,
                "round_trip": tok.decode(tok.encode(held, allowed_special="all")) == held,
                "longest_tokens": [t.decode("utf-8", "replace") for t in sorted(tok.mergeable_ranks, key=len)[-5:]]}
-    write_json(out / "summary.json", summary)
+    write_json(out / "results.json", summary)
     log.info(f"trained {tok.n_merges()} merges on {len(text):,} characters in {seconds:.2f} s -> {out}\n"
              f"held-out: {summary['tokens_per_char']} tokens/char, identical to tiktoken: {same}, "
              f"round trip: {summary['round_trip']}")
@@ -124,19 +125,17 @@ def encode(cfg: TokEncode) -> int:
 # -------------------------------------------------------------------------------- tour, doctor
 
 def compression_table(rows: list[dict]) -> str:
-    lines = ["| text | vocab | ours tokens/char | HF tokens/char | vocab overlap (Jaccard) | ours train s | HF train s |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        hf = "hf_tpc" in r
-        lines.append(f"| {r['text']} | {r['vocab_size']} | {r['ours_tpc']:.3f} | {r['hf_tpc']:.3f} | {r['overlap']:.1%} | "
-                     f"{r['ours_s']:.2f} | {r['hf_s']:.2f} |" if hf else
-                     f"| {r['text']} | {r['vocab_size']} | {r['ours_tpc']:.3f} | - | - | {r['ours_s']:.2f} | - |")
+    cells = [[r["text"], r["vocab_size"], f"{r['ours_tpc']:.3f}", f"{r['hf_tpc']:.3f}", f"{r['overlap']:.1%}",
+              f"{r['ours_s']:.2f}", f"{r['hf_s']:.2f}"] if "hf_tpc" in r else
+             [r["text"], r["vocab_size"], f"{r['ours_tpc']:.3f}", "-", "-", f"{r['ours_s']:.2f}", "-"] for r in rows]
+    table = markdown_table(["text", "vocab", "ours tokens/char", "HF tokens/char", "vocab overlap (Jaccard)", "ours train s",
+                            "HF train s"], cells)
     if not all("hf_tpc" in r for r in rows):
-        lines.append("\n(- : Hugging Face `tokenizers` is not installed; `make test` or `pip install -e '.[dev]'` adds it)")
-    return "\n".join(lines)
+        table += "\n\n(- : Hugging Face `tokenizers` is not installed; `make test` or `pip install -e '.[dev]'` adds it)"
+    return table
 
 
-def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> dict:
+def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> StageResult:
     """Train the preset's vocabulary on Shakespeare and on Chinese; tiktoken check, round trip, compression."""
     cfg = build_config(TokTrain, [f"--preset={preset}", f"--out={Path(out) / TOPIC / preset}"], PRESETS)
     res = train(cfg)
@@ -158,9 +157,8 @@ def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> dict:
     table = (compression_table(rows) + f"\n\nidentical to tiktoken on held-out text: English {res['same_as_tiktoken']}, "
              f"Chinese {zh_same}; round trip: English {res['round_trip']}, Chinese {zh_round}. "
              f"Longest English tokens: {', '.join(repr(t) for t in res['longest_tokens'])}")
-    return {"metric": "tokens per character (English held-out)", "value": float(res["tokens_per_char"]),
-            "bar": "our encode == tiktoken with our ranks, token for token; decode(encode(x)) == x",
-            "passed": passed, "table": table, "figures": []}
+    return StageResult("tokens per character (English held-out)", float(res["tokens_per_char"]),
+                       "our encode == tiktoken with our ranks, token for token; decode(encode(x)) == x", passed, table)
 
 
 def smoke() -> str:
@@ -178,7 +176,7 @@ def smoke() -> str:
 
 
 COMMANDS = {
-    "train": Command(lambda c: train(c) and 0, TokTrain, "train a byte-level BPE vocabulary and save it (tiktoken + HF files)",
+    "train": Command(train, TokTrain, "train a byte-level BPE vocabulary and save it (tiktoken + HF files)",
                      examples=("llmpath tokenizer train --data shakespeare --vocab-size 4096 --out tok/",
                                "llmpath tokenizer train --data chinese-reviews --pattern gpt4 --out tok-zh/")),
     "encode": Command(encode, TokEncode, "show how a tokenizer cuts a text into pieces (bracketed or coloured)",

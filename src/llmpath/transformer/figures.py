@@ -1,13 +1,12 @@
 """Figures of stage 4: positional encoding, attention grids (layer x head), the model's structure.
 
-    all_figures(cfg)   # -> [png paths] under the run folder (and docs/tutorials/figures/04_*.png with docs=True)
+    all_figures(run_folder, data)   # -> [png paths] under <run>/figures/ (docs/figures.py copies chosen ones)
 
 Every function returns a matplotlib Figure; the caller saves it (llmpath.plotting.save_fig).
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -18,9 +17,6 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 from llmpath.plotting import heatmap, save_fig, use_cjk
 from llmpath.transformer.model import Transformer, sinusoidal_encoding
-
-DOCS = Path(__file__).resolve().parents[3] / "docs" / "tutorials" / "figures"
-
 
 def positional_encoding_figure(max_len: int = 64, n_embd: int = 128) -> Figure:
     """Left: PE (position x dimension). Right: PE PE^T, the dot product of every pair of positions."""
@@ -119,23 +115,18 @@ def structure_figure(model: Transformer) -> Figure:
     return fig
 
 
-def all_figures(cfg, docs: bool = False) -> list[Path]:
-    """PE figure, attention grids of one test sentence, structure diagram for the run of `cfg`."""
-    from llmpath.common import run_dir
-    from llmpath.transformer.cli import TOPIC, _name, load_data, load_run
-
-    cfg.name = _name(cfg)
-    run = run_dir(cfg, TOPIC)
-    figs = run / "figures"
-    paths = [save_fig(positional_encoding_figure(64, cfg.n_embd), figs / "positional_encoding.png")]
-    model, sv, tv, *_ = load_run(run)
-    data = load_data(cfg)
-    e = next(e for e in data.test if 5 <= len(e.src_tokens) <= 9)
+def all_figures(run: Path, data) -> list[Path]:
+    """PE figure, attention grids of one test sentence of `data`, structure diagram: into <run>/figures/."""
+    from llmpath.runs import load_run
     from llmpath.transformer.decode import greedy
 
-    src = torch.tensor([sv.encode(e.src_tokens)])
-    out = tv.decode(greedy(model, src, cfg.max_len).tokens[0])
-    tgt_in = torch.tensor([[1] + tv.encode(out)])
+    model, vocab, cfg = load_run(run)
+    figs = run / "figures"
+    paths = [save_fig(positional_encoding_figure(64, cfg.model.n_embd), figs / "positional_encoding.png")]
+    e = next(e for e in data.test if 5 <= len(e.src_tokens) <= 9)
+    src = torch.tensor([vocab.src_vocab.encode(e.src_tokens)])
+    out = vocab.tgt_vocab.decode(greedy(model, src, cfg.max_len).tokens[0])
+    tgt_in = torch.tensor([[1] + vocab.tgt_vocab.encode(out)])
     maps = model.attention_maps(src, tgt_in)
     ys = ["<bos>"] + out
     paths.append(save_fig(attention_grid(maps["encoder"], e.src_tokens, e.src_tokens,
@@ -145,8 +136,4 @@ def all_figures(cfg, docs: bool = False) -> list[Path]:
                                          f"交叉注意力：{e.src_text} → {' '.join(out)}"), figs / "attn_cross.png"))
     paths.append(save_fig(structure_figure(model), figs / "structure.png"))
     (run / "parameters.md").write_text(parameter_markdown(model) + "\n", encoding="utf-8")
-    if docs:
-        DOCS.mkdir(parents=True, exist_ok=True)
-        for p in paths:
-            shutil.copyfile(p, DOCS / f"04_{p.name}")
     return paths

@@ -1,0 +1,196 @@
+"""Run folders: one layout, one "already finished" rule and one loader for every topic.
+
+    runs/<topic>/<name>/
+        config.json     the resolved run config (sizes filled in), written when training starts
+        metrics.jsonl   train-loss and evaluation rows (llmpath.train.fit)
+        ckpt/last.pt    model, optimizer, RNG states, step; plus the topic, config and tokenizer
+        ckpt/best.pt    the same at the best evaluation
+        figures/        the run's PNGs
+        results.json    what the run measured; its "config" key is the comparable config (below)
+
+A compare, ablation or learning-curve run is a run of its own: each variant trains in its own folder
+(`variant(cfg, "no-pos", **{"model.pos": "none"})` -> <name>-no-pos/), and the table that puts them
+side by side is the results.json of one more folder (<name>-compare/, <name>-ablate/, <name>-curve/).
+
+    run = start_run(cfg, "rnn", tokenizer=tok)     # seed, threads, device, folder
+    fit(model, loss_fn, batches, cfg.train, run=run, evaluate=...)
+    run.finish({"val_loss": ...})                  # results.json
+    model, tok, cfg = load_run("runs/rnn/small-lstm")
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from llmpath.common import get_device, log, read_json, seed_everything, set_threads, setup_logging, write_json
+from llmpath.config import ConfigError, apply_overrides, from_dict, leaves, save_config, to_dict
+
+
+def run_path(cfg: Any, topic: str) -> Path:
+    """<out>/<topic>/<name>: where the run of `cfg` lives (not created)."""
+    return Path(cfg.out) / topic / (cfg.name or cfg.preset or "default")
+
+
+def comparable_config(cfg: Any) -> dict:
+    """The config as JSON data without the options declared `opt(..., result=False)` (names, paths,
+    device, threads, progress bars, resume): two runs with equal dicts train the same model."""
+    d = json.loads(json.dumps(to_dict(cfg)))
+    for path, (_, f) in leaves(type(cfg)).items():
+        if not f.metadata.get("result", True):
+            *parents, last = path.split(".")
+            node = d
+            for p in parents:
+                node = node[p]
+            node.pop(last, None)
+    return d
+
+
+def finished(cfg: Any, topic: str) -> dict | None:
+    """The results of a finished run of `cfg` (same comparable config, figures still there), else None.
+
+    The one rule every topic uses to reuse earlier work instead of training again (`--fresh` retrains).
+    """
+    path = run_path(cfg, topic) / "results.json"
+    if not path.exists():
+        return None
+    try:
+        res = read_json(path)
+    except (OSError, ValueError):
+        return None
+    if res.get("config") != comparable_config(cfg):
+        return None
+    if not all(Path(f).exists() for f in res.get("figures", [])):
+        return None
+    return res
+
+
+def variant(cfg: Any, tag: str, **overrides: Any) -> Any:
+    """A deep copy of cfg with `overrides` (dotted keys or unique leaf names) in the run folder <name>-<tag>.
+
+    variant(cfg, "1-head", n_head=1) -> the same run with one head, in runs/<topic>/<name>-1-head/
+    """
+    c = copy.deepcopy(cfg)
+    apply_overrides(c, {k.replace("__", "."): v for k, v in overrides.items()})
+    base = cfg.name or cfg.preset or "default"
+    c.name = f"{base}-{tag}" if tag else base
+    return c
+
+
+@dataclass
+class Run:
+    """A run folder opened for training. fit(..., run=run) checkpoints into it; finish() writes results.json."""
+
+    topic: str
+    path: Path
+    cfg: Any
+    device: torch.device
+    key: dict = field(default_factory=dict)  # the comparable config as asked, before sizes are resolved
+    tokenizer: Any = None  # its state_dict() goes into every checkpoint: load_run needs nothing else
+
+    @property
+    def figures(self) -> Path:
+        return self.path / "figures"
+
+    def save_config(self) -> None:
+        save_config(self.cfg, self.path / "config.json")
+
+    def meta(self) -> dict:
+        """What every checkpoint of this run records besides weights and optimizer state."""
+        tok = self.tokenizer.state_dict() if self.tokenizer is not None else None
+        return {"topic": self.topic, "config": to_dict(self.cfg), "tokenizer": tok}
+
+    def finish(self, results: dict) -> dict:
+        """Write results.json (with the comparable config, so `finished` recognises it) and config.json."""
+        results = {**results, "config": self.key}
+        if "figures" in results:
+            results["figures"] = [str(p) for p in results["figures"]]
+        self.save_config()
+        write_json(self.path / "results.json", results)
+        return results
+
+
+def start_run(cfg: Any, topic: str, tokenizer: Any = None, key: dict | None = None) -> Run:
+    """Logging, seed, threads, device and the folder <out>/<topic>/<name>/figures for `cfg`.
+
+    `key` is the comparable config of the options as asked (default: cfg now); pass it when the
+    topic has already filled in sizes, so that the same request is recognised next time.
+    """
+    setup_logging()
+    seed_everything(cfg.seed)
+    set_threads(cfg.threads)
+    device = get_device(cfg.device)
+    path = run_path(cfg, topic)
+    try:
+        (path / "figures").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create run folder {path}: {e.strerror}; choose another with --out") from None
+    return Run(topic, path, cfg, device, key if key is not None else comparable_config(cfg), tokenizer)
+
+
+def open_folder(cfg: Any, topic: str) -> Path:
+    """<out>/<topic>/<name>/figures created, for a run that trains nothing itself (a compare table)."""
+    path = run_path(cfg, topic)
+    try:
+        (path / "figures").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create run folder {path}: {e.strerror}; choose another with --out") from None
+    return path
+
+
+# ------------------------------------------------------------------------------ loading
+
+class Loaded(NamedTuple):
+    model: torch.nn.Module
+    tokenizer: Any
+    cfg: Any
+
+
+def _attr(target: str) -> Any:
+    mod, name = target.split(":")
+    return getattr(importlib.import_module(mod), name)
+
+
+def load_run(path: str | Path, device: torch.device | str = "cpu", which: str = "best",
+             dropout: float | None = None) -> Loaded:
+    """(model in eval mode, tokenizer or vocabulary, config) of a run folder, all read from its checkpoint.
+
+    The checkpoint names its topic; the topic registry says which config class, model class and
+    tokenizer reader that topic uses. `dropout` replaces the run's own (e.g. 0 to finetune without it).
+    """
+    from llmpath.topics import TOPICS
+    from llmpath.train import load_checkpoint
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"no run folder at {path}; train one first (llmpath <topic> train) or give --run=<folder>")
+    ckpt_path = path / "ckpt" / f"{which}.pt"
+    if not ckpt_path.exists():
+        raise ConfigError(f"no trained model in {path} (no ckpt/{which}.pt); train it first, or resume it "
+                          f"with --train.resume")
+    ckpt = load_checkpoint(ckpt_path, map_location=device)
+    topic = ckpt.get("topic")
+    if topic not in TOPICS or not TOPICS[topic].model:
+        raise ConfigError(f"{ckpt_path} does not say which topic's model it holds (an older llmpath wrote it?); "
+                          f"train it again")
+    t = TOPICS[topic]
+    cfg = from_dict(_attr(t.config), ckpt["config"])
+    if dropout is not None and hasattr(cfg.model, "dropout"):
+        cfg.model.dropout = dropout
+    model = _attr(t.model)(cfg.model)
+    model.load_state_dict(ckpt["model"])
+    tok = _attr(t.tokenizer)(ckpt["tokenizer"]) if t.tokenizer and ckpt.get("tokenizer") is not None else None
+    log.debug(f"loaded {topic} run {path} ({which}.pt, step {ckpt.get('step')})")
+    return Loaded(model.to(device).eval(), tok, cfg)
+
+
+def sub_config(cfg: Any, cls: type) -> Any:
+    """The fields of `cfg` that `cls` (a parent config class) has, as a `cls`: a SampleRun's training part."""
+    return cls(**{f.name: copy.deepcopy(getattr(cfg, f.name)) for f in dataclasses.fields(cls)})

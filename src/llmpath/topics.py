@@ -1,0 +1,86 @@
+"""The one list of topics, in learning-path order: the CLI, the tour, the doctor and `load_run` read it.
+
+Adding a topic is one `Topic(...)` line here. Its package holds `cli.py` with COMMANDS, PRESETS,
+`tour(preset, out, fresh) -> StageResult` (when it has a tour stage) and `smoke() -> str` (the doctor's
+forward pass); `config`, `model` and `tokenizer` ("module:attr") let `load_run` rebuild a trained run
+from its checkpoint alone: `model(cfg.model)` with `cfg = config(**checkpoint["config"])`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    package: str  # llmpath.<topic>: COMMANDS and PRESETS live in <package>.cli
+    title: str  # one line for `llmpath list` and `llmpath <topic> --help`
+    stage: str = ""  # tour stage number ("" = not in the tour)
+    stage_title: str = ""  # the tour report's heading (Chinese)
+    tutorial: str = ""
+    notebook: str = ""
+    teaches: str = ""  # the paragraph the tour report shows
+    config: str = ""  # "module:Class" of the run config its checkpoints hold
+    model: str = ""  # "module:Class" built as Class(cfg.model)
+    tokenizer: str = ""  # "module:function" that rebuilds the tokenizer from its state_dict()
+
+    @property
+    def cli(self) -> str:
+        return self.package + ".cli"
+
+
+TOPIC_LIST: list[Topic] = [
+    Topic("mlp", "llmpath.mlp", "stage 1: MLP with hand-written backprop; text classification",
+          stage="1", stage_title="MLP 与手写反向传播：文本分类",
+          tutorial="docs/tutorials/01_mlp.md", notebook="notebooks/01_mlp.ipynb",
+          teaches=("只用 NumPy 手写线性层、激活函数、softmax 交叉熵的前向与反向传播，以及 SGD / 动量 / Adam；"
+                   "用有限差分和 PyTorch autograd 验证梯度；再在英文推文与中文评论的 TF-IDF 特征上，"
+                   "与 scikit-learn 逻辑回归比较。")),
+    Topic("rnn", "llmpath.rnn", "stage 2: RNN/LSTM/GRU from scratch; char-level Shakespeare LM",
+          stage="2", stage_title="RNN / LSTM / GRU：字符级莎士比亚语言模型",
+          tutorial="docs/tutorials/02_rnn_lstm.md", notebook="notebooks/02_rnn_lstm.ipynb",
+          config="llmpath.rnn.cli:RNNRun", model="llmpath.rnn.lm:CharRNN",
+          tokenizer="llmpath.rnn.cli:tokenizer_from_state",
+          teaches=("用张量运算手写 RNN、LSTM、GRU（与 torch.nn 逐项一致），在莎士比亚全集上训练字符级语言模型，"
+                   "在相同参数量和步数下与 Kneser-Ney 字符 n-gram 比较；画出梯度消失（100+ 步，"
+                   "对数坐标）、梯度爆炸与裁剪、LSTM 门控热力图，并比较采样温度。")),
+    Topic("seq2seq", "llmpath.seq2seq", "stage 3: attention seq2seq translation (Bahdanau, Luong), beam search, BLEU",
+          stage="3", stage_title="注意力 seq2seq：中英翻译（Bahdanau 与 Luong）、束搜索、BLEU、对齐图",
+          tutorial="docs/tutorials/03_attention_seq2seq.md", notebook="notebooks/03_attention_seq2seq.ipynb",
+          config="llmpath.seq2seq.cli:Seq2SeqRun", model="llmpath.seq2seq.model:Seq2Seq",
+          tokenizer="llmpath.seq2seq.translation:vocab_from_state",
+          teaches=("双向 GRU 编码器（第 2 阶段手写的单元）+ 解码器：先用一个固定上下文向量（信息瓶颈），"
+                   "再加 Bahdanau 加性注意力；"
+                   "Luong 的 dot / general / concat 打分在 `llmpath seq2seq compare` 里比较。"
+                   "贪心与束搜索解码，sacrebleu 的 BLEU / chrF，以及中文源句 × 英文译文的注意力对齐热力图。")),
+    Topic("transformer", "llmpath.transformer", "stage 4: Transformer encoder-decoder from scratch, equal to torch.nn.Transformer; translation",
+          stage="4", stage_title="Transformer 编码器-解码器：从零实现，与 torch.nn.Transformer 一致，中英翻译",
+          tutorial="docs/tutorials/04_transformer.md", notebook="notebooks/04_transformer.ipynb",
+          config="llmpath.transformer.cli:TransformerRun", model="llmpath.transformer.model:Transformer",
+          tokenizer="llmpath.seq2seq.translation:vocab_from_state",
+          teaches=("从第 3 章的注意力出发，"
+                   "只用注意力搭出整个模型：缩放点积注意力（手写版与 F.scaled_dot_product_attention 一致）、多头自注意力与交叉注意力、逐位置前馈、残差 + LayerNorm（Post-LN 与 Pre-LN）、正弦与可学习位置编码、共享权重的输出层、标签平滑与 Noam 学习率；"
+                   "整个编码器-解码器复制权重后与 torch.nn.Transformer 输出和梯度一致；"
+                   "带 KV 缓存的贪心与束搜索解码（与不缓存逐 token 相同）；"
+                   "在第 3 章同一份中英数据上与 RNN 注意力模型比较 BLEU，"
+                   "并做消融（去掉位置编码、单头、Pre-LN、去掉标签平滑）。")),
+    Topic("tokenizer", "llmpath.tokenizers", "stage 5a: byte-level BPE from scratch, fast to train, identical to tiktoken",
+          stage="5a", stage_title="分词：从零实现字节级 BPE，训练快，编码与 tiktoken 一致",
+          tutorial="docs/tutorials/05a_tokenization.md", notebook="notebooks/05a_tokenization.ipynb",
+          teaches=("用正则预切分（GPT-2 / GPT-4 模式）加字节级 BPE 训练词表：朴素版每步重数所有字符对，"
+                   "快速版只更新含被合并对的词并用带惰性失效的堆取最大对，两者学到完全相同的合并；"
+                   "编码结果与 tiktoken 逐 token 相同，任意 Unicode（中文、emoji）都能无损往返；"
+                   "在莎士比亚与中文评论上与 Hugging Face tokenizers 比较词表重合度和压缩率（每字符 token 数）。")),
+    Topic("gpt", "llmpath.gpt", "stage 5: GPT pretraining, sampling, KV cache, Hugging Face interop, DDP, finetuning",
+          stage="5", stage_title="GPT：预训练、采样、KV 缓存、与 Hugging Face 互通、微调",
+          tutorial="docs/tutorials/05_gpt.md", notebook="notebooks/05_gpt.ipynb",
+          config="llmpath.gpt.cli:GPTRun", model="llmpath.gpt.model:GPT",
+          tokenizer="llmpath.gpt.data:tokenizer_from_state",
+          teaches=("只有解码器的 GPT-2 结构（Pre-LN、因果自注意力、GELU、权重共享），在莎士比亚全集上做字符级预训练；"
+                   "逐 token 采样（温度、top-k、top-p、重复惩罚）与束搜索；KV 缓存让每个新 token 只算一行注意力，"
+                   "输出与不缓存完全相同；"
+                   "权重与 Hugging Face GPT2LMHeadModel 互相导入导出、logits 一致；"
+                   "最后把预训练模型微调到分类和新领域。")),
+]
+TOPICS: dict[str, Topic] = {t.name: t for t in TOPIC_LIST}

@@ -167,6 +167,41 @@ def test_stack_depths_follow_n_layer_unless_set_apart_and_keys_do_not_change():
     Transformer(_tiny(n_layer=1, n_enc_layer=2, n_dec_layer=2)).load_state_dict(sd, strict=True)
 
 
+def _torch_ref(**kw) -> nn.Transformer:
+    """The nn.Transformer that fits _tiny() (2 + 2 layers, d 16, 2 heads, ff 24), with kw changed."""
+    base = dict(d_model=16, nhead=2, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=24, dropout=0.0,
+                batch_first=True)
+    return nn.Transformer(**{**base, **kw})
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")
+@pytest.mark.parametrize("theirs,ours,message", [
+    (dict(num_encoder_layers=3), {}, r"num_encoder_layers=3 \(this model 2\); build TransformerConfig\(n_enc_layer=3\)"),
+    (dict(num_decoder_layers=1), {}, r"num_decoder_layers=1 \(this model 2\); build TransformerConfig\(n_dec_layer=1\)"),
+    (dict(num_encoder_layers=3, num_decoder_layers=3), {}, r"\(this model 2\); build TransformerConfig\(n_layer=3\)"),
+    ({}, dict(n_layer=1, n_enc_layer=2, n_dec_layer=1), r"num_decoder_layers=2 .*TransformerConfig\(n_dec_layer=2\)"),
+    (dict(norm_first=True), {}, r"norm_first=True \(this model 'post'\); build TransformerConfig\(norm='pre'\)"),
+    ({}, dict(norm="pre"), r"norm_first=False \(this model 'pre'\); build TransformerConfig\(norm='post'\)"),
+    (dict(d_model=32), {}, r"d_model=32 \(this model 16\); build TransformerConfig\(n_embd=32\)"),
+    (dict(nhead=4), {}, r"nhead=4 \(this model 2\); build TransformerConfig\(n_head=4\)"),  # same shapes
+    (dict(dim_feedforward=48), {}, r"dim_feedforward=48 \(this model 24\); build TransformerConfig\(n_ff=48\)"),
+    (dict(activation="gelu"), {}, r"activation='gelu' \(this model 'relu'\); build TransformerConfig\(activation='gelu'\)"),
+    (dict(activation=nn.GELU()), {}, r"activation='gelu'"),
+    (dict(activation=torch.tanh), {}, r"activation is 'tanh'; this model has only 'relu' and 'gelu'"),
+    (dict(bias=False), {}, r"bias=False \(this model True\); build TransformerConfig\(bias=False\)"),
+    (dict(layer_norm_eps=1e-6), {}, r"layer_norm_eps=1e-06 \(this model 1e-05\); .*\(layer_norm_eps=1e-06\)"),
+    ({}, dict(final_norm=False), r"a final LayerNorm \(this model False\); build TransformerConfig\(final_norm=True\)"),
+    (dict(nhead=4, norm_first=True), {}, r"norm_first=True .*, nhead=4 .*TransformerConfig\(norm='pre', n_head=4\)"),
+])
+def test_from_torch_refuses_another_shape_before_copying(theirs, ours, message):
+    m = Transformer(_tiny(**ours))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match=message) as err:
+        from_torch(m, _torch_ref(**theirs))
+    assert "\n" not in str(err.value)
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())  # nothing was copied
+
+
 # ------------------------------------------------------------------ components
 
 def test_sinusoidal_encoding_matches_the_formula_and_relative_shift_is_linear():

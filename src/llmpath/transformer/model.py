@@ -314,13 +314,47 @@ def _copy(dst: nn.Module, src: nn.Module) -> None:
     dst.load_state_dict(src.state_dict())
 
 
+def _check_fits(cfg: TransformerConfig, ref: nn.Transformer) -> None:
+    """Raise ValueError, naming every difference, if ref's weights need another TransformerConfig than cfg.
+
+    Without it zip() would drop surplus layers without a word, and pre-LN weights would load into a
+    post-LN model: the shapes agree, only the outputs are wrong. nn.Transformer's layers are copies of
+    one layer, so the first speaks for all.
+    """
+    first = (*ref.encoder.layers, *ref.decoder.layers)[0]
+    act = getattr(first.activation, "__name__", type(first.activation).__name__).lower()  # F.relu, nn.ReLU() -> relu
+    if act not in ("relu", "gelu"):
+        raise ValueError(f"nn.Transformer's activation is {act!r}; this model has only 'relu' and 'gelu'")
+    E, D, C = len(ref.encoder.layers), len(ref.decoder.layers), first.self_attn.embed_dim
+    last_norm = ref.encoder.norm is not None  # nn.Transformer always has one; a custom_encoder may not
+    # equal depths with neither stack set apart: the fix is n_layer (both rows then name it, the dict keeps one)
+    both = "n_layer" if E == D and not (cfg.n_enc_layer or cfg.n_dec_layer) else None
+    rows = [  # (what nn.Transformer has, our field, the value it needs, ours)
+        (f"num_encoder_layers={E}", both or "n_enc_layer", E, cfg.enc_depth),
+        (f"num_decoder_layers={D}", both or "n_dec_layer", D, cfg.dec_depth),
+        (f"norm_first={first.norm_first}", "norm", "pre" if first.norm_first else "post", cfg.norm),
+        (f"d_model={C}", "n_embd", C, cfg.n_embd),
+        (f"nhead={first.self_attn.num_heads}", "n_head", first.self_attn.num_heads, cfg.n_head),
+        (f"dim_feedforward={first.linear1.out_features}", "n_ff", first.linear1.out_features, cfg.n_ff),
+        (f"activation={act!r}", "activation", act, cfg.activation),
+        (f"bias={first.linear1.bias is not None}", "bias", first.linear1.bias is not None, cfg.bias),
+        (f"layer_norm_eps={first.norm1.eps}", "layer_norm_eps", first.norm1.eps, cfg.layer_norm_eps),
+        ("a final LayerNorm" if last_norm else "no final LayerNorm", "final_norm", last_norm, cfg.final_norm)]
+    bad = [r for r in rows if r[2] != r[3]]
+    if bad:
+        has = ", ".join(f"{theirs} (this model {ours!r})" for theirs, _, _, ours in bad)
+        fix = ", ".join(f"{k}={v!r}" for k, v in {field: need for _, field, need, _ in bad}.items())
+        raise ValueError(f"nn.Transformer has {has}; build TransformerConfig({fix}) to load its weights")
+
+
 def from_torch(model: Transformer, ref: nn.Transformer) -> None:
     """Our encoder/decoder stacks take the weights of a torch.nn.Transformer of the same shape.
 
     Names map one to one: self_attn -> self_attn, multihead_attn -> cross_attn, linear1/linear2 ->
     ff.fc1/ff.fc2, norm1..3 -> norm1..3, encoder.norm / decoder.norm -> the same. (nn.Transformer has
-    no embeddings or output head: those keep ours.)
+    no embeddings or output head: those keep ours.) A different shape raises before anything is copied.
     """
+    _check_fits(model.cfg, ref)
     for ours, theirs in zip(model.encoder.layers, ref.encoder.layers):
         mha_from_torch(ours.self_attn, theirs.self_attn)
         _copy(ours.ff.fc1, theirs.linear1), _copy(ours.ff.fc2, theirs.linear2)

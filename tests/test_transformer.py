@@ -1,5 +1,6 @@
 """Stage 4: attention paths agree, our blocks equal torch.nn's, decoding with and without the cache agree."""
 
+import copy
 import math
 from pathlib import Path
 
@@ -101,18 +102,27 @@ def test_mha_rejects_heads_that_do_not_divide_the_width():
 
 # ------------------------------------------------------------------ whole encoder-decoder vs torch.nn.Transformer
 
-def _pair(seed=0):
+DEPTHS = [(2, 2), (3, 1), (1, 3)]  # (encoder, decoder) layers: nn.Transformer's num_encoder/decoder_layers
+
+
+def _pair(norm="post", n_enc=2, n_dec=2, seed=0):
+    """Our model and an nn.Transformer of the same shape, holding the same weights."""
     torch.manual_seed(seed)
-    cfg = _tiny(n_layer=2, n_head=4, n_embd=16, n_ff=32)
-    ref = nn.Transformer(d_model=16, nhead=4, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=32,
-                         dropout=0.0, activation="relu", batch_first=True, norm_first=False).eval()
-    ours = Transformer(cfg).eval()
+    ref = nn.Transformer(d_model=16, nhead=4, num_encoder_layers=n_enc, num_decoder_layers=n_dec, dim_feedforward=32,
+                         dropout=0.0, activation="relu", batch_first=True, norm_first=norm == "pre").eval()
+    # equal depths through n_layer alone (every preset and checkpoint); unequal ones set both stacks apart
+    depth = dict(n_layer=n_enc) if n_enc == n_dec else dict(n_enc_layer=n_enc, n_dec_layer=n_dec)
+    ours = Transformer(_tiny(n_head=4, n_embd=16, n_ff=32, norm=norm, **depth)).eval()
+    assert (len(ours.encoder.layers), len(ours.decoder.layers)) == (n_enc, n_dec)
     from_torch(ours, ref)
     return ours, ref
 
 
-def test_encoder_decoder_equals_torch_transformer_outputs_and_gradients():
-    ours, ref = _pair()
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")  # nn.Transformer's own note on norm_first
+@pytest.mark.parametrize("n_enc,n_dec", DEPTHS)
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_encoder_decoder_equals_torch_transformer_outputs_and_gradients(norm, n_enc, n_dec):
+    ours, ref = _pair(norm, n_enc, n_dec)
     src, tgt = _src_tgt()
     xs = ours.src_embed(src).detach().requires_grad_(True)  # the same embedded inputs into both stacks
     xt = ours.tgt_embed(tgt).detach().requires_grad_(True)
@@ -123,34 +133,73 @@ def test_encoder_decoder_equals_torch_transformer_outputs_and_gradients():
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
     w = torch.randn_like(y)
     (y_ref * w).sum().backward()
-    g_ref = (xs.grad.clone(), xt.grad.clone(), ref.encoder.layers[0].self_attn.in_proj_weight.grad.clone(),
-             ref.decoder.layers[1].multihead_attn.out_proj.weight.grad.clone(), ref.decoder.layers[0].linear1.weight.grad)
+    g_ref = (xs.grad.clone(), xt.grad.clone())
     xs.grad = xt.grad = None
     (y * w).sum().backward()
     torch.testing.assert_close(xs.grad, g_ref[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(xt.grad, g_ref[1], atol=1e-5, rtol=1e-5)
-    e0 = ours.encoder.layers[0].self_attn
-    torch.testing.assert_close(torch.cat([e0.q.weight.grad, e0.k.weight.grad, e0.v.weight.grad]), g_ref[2],
-                               atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ours.decoder.layers[1].cross_attn.proj.weight.grad, g_ref[3], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ours.decoder.layers[0].ff.fc1.weight.grad, g_ref[4], atol=1e-5, rtol=1e-5)
+    # every weight's gradient: torch's gradients, loaded through from_torch as if they were weights, land
+    # where ours are (the map is a copy, or a split of the stacked q; k; v rows, so gradients map the same way)
+    grads = copy.deepcopy(ref)
+    with torch.no_grad():
+        for g, p in zip(grads.parameters(), ref.parameters()):
+            g.copy_(p.grad)
+    expected = Transformer(ours.cfg)
+    from_torch(expected, grads)
+    want = dict(expected.named_parameters())
+    got = {n: p.grad for n, p in ours.named_parameters() if n.startswith(("encoder.", "decoder."))}
+    assert len(got) == sum(1 for n in want if n.startswith(("encoder.", "decoder."))) > 0
+    for name, g in got.items():
+        torch.testing.assert_close(g, want[name], atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
-@pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")  # nn.Transformer's own note on norm_first
-def test_pre_ln_equals_torch_norm_first():
-    torch.manual_seed(1)
-    ref = nn.Transformer(d_model=16, nhead=2, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=24,
-                         dropout=0.0, batch_first=True, norm_first=True).eval()
-    ref.decoder.layers = ref.decoder.layers[:1]  # same depth as the encoder
-    ref.decoder.num_layers = 1
-    ours = Transformer(_tiny(n_layer=1, norm="pre")).eval()
-    from_torch(ours, ref)
-    src, tgt = _src_tgt()
-    xs, xt = ours.src_embed(src), ours.tgt_embed(tgt)
-    with torch.enable_grad():
-        y_ref = ref(xs, xt, tgt_mask=~causal_mask(tgt.shape[1]),
-                    src_key_padding_mask=src == PAD, memory_key_padding_mask=src == PAD, tgt_is_causal=True)
-    torch.testing.assert_close(ours.stacks(xs, xt, padding_mask(src, PAD)), y_ref, atol=1e-5, rtol=1e-5)
+def test_stack_depths_follow_n_layer_unless_set_apart_and_keys_do_not_change():
+    def depths(**kw):
+        m = Transformer(_tiny(**kw))
+        return len(m.encoder.layers), len(m.decoder.layers)
+
+    assert depths(n_layer=2) == (2, 2) and depths(n_layer=3, n_dec_layer=1) == (3, 1)
+    assert depths(n_layer=1, n_enc_layer=2) == (2, 1) and depths(n_layer=1, n_enc_layer=3, n_dec_layer=2) == (3, 2)
+    # checkpoints saved before n_enc_layer/n_dec_layer existed: the same keys, and they load strictly
+    sd = Transformer(_tiny(n_layer=2)).state_dict()
+    assert {"encoder.layers.1.ff.fc2.weight", "decoder.layers.1.cross_attn.q.weight", "decoder.norm.bias"} <= set(sd)
+    assert not any(k.startswith(("encoder.layers.2", "decoder.layers.2")) for k in sd)
+    Transformer(_tiny(n_layer=1, n_enc_layer=2, n_dec_layer=2)).load_state_dict(sd, strict=True)
+
+
+def _torch_ref(**kw) -> nn.Transformer:
+    """The nn.Transformer that fits _tiny() (2 + 2 layers, d 16, 2 heads, ff 24), with kw changed."""
+    base = dict(d_model=16, nhead=2, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=24, dropout=0.0,
+                batch_first=True)
+    return nn.Transformer(**{**base, **kw})
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")
+@pytest.mark.parametrize("theirs,ours,message", [
+    (dict(num_encoder_layers=3), {}, r"num_encoder_layers=3 \(this model 2\); build TransformerConfig\(n_enc_layer=3\)"),
+    (dict(num_decoder_layers=1), {}, r"num_decoder_layers=1 \(this model 2\); build TransformerConfig\(n_dec_layer=1\)"),
+    (dict(num_encoder_layers=3, num_decoder_layers=3), {}, r"\(this model 2\); build TransformerConfig\(n_layer=3\)"),
+    ({}, dict(n_layer=1, n_enc_layer=2, n_dec_layer=1), r"num_decoder_layers=2 .*TransformerConfig\(n_dec_layer=2\)"),
+    (dict(norm_first=True), {}, r"norm_first=True \(this model 'post'\); build TransformerConfig\(norm='pre'\)"),
+    ({}, dict(norm="pre"), r"norm_first=False \(this model 'pre'\); build TransformerConfig\(norm='post'\)"),
+    (dict(d_model=32), {}, r"d_model=32 \(this model 16\); build TransformerConfig\(n_embd=32\)"),
+    (dict(nhead=4), {}, r"nhead=4 \(this model 2\); build TransformerConfig\(n_head=4\)"),  # same shapes
+    (dict(dim_feedforward=48), {}, r"dim_feedforward=48 \(this model 24\); build TransformerConfig\(n_ff=48\)"),
+    (dict(activation="gelu"), {}, r"activation='gelu' \(this model 'relu'\); build TransformerConfig\(activation='gelu'\)"),
+    (dict(activation=nn.GELU()), {}, r"activation='gelu'"),
+    (dict(activation=torch.tanh), {}, r"activation is 'tanh'; this model has only 'relu' and 'gelu'"),
+    (dict(bias=False), {}, r"bias=False \(this model True\); build TransformerConfig\(bias=False\)"),
+    (dict(layer_norm_eps=1e-6), {}, r"layer_norm_eps=1e-06 \(this model 1e-05\); .*\(layer_norm_eps=1e-06\)"),
+    ({}, dict(final_norm=False), r"a final LayerNorm \(this model False\); build TransformerConfig\(final_norm=True\)"),
+    (dict(nhead=4, norm_first=True), {}, r"norm_first=True .*, nhead=4 .*TransformerConfig\(norm='pre', n_head=4\)"),
+])
+def test_from_torch_refuses_another_shape_before_copying(theirs, ours, message):
+    m = Transformer(_tiny(**ours))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match=message) as err:
+        from_torch(m, _torch_ref(**theirs))
+    assert "\n" not in str(err.value)
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())  # nothing was copied
 
 
 # ------------------------------------------------------------------ components
@@ -238,9 +287,10 @@ def _trained_ish(seed=0, **kw):
     return m
 
 
+@pytest.mark.parametrize("n_enc,n_dec", DEPTHS)
 @pytest.mark.parametrize("norm", ["post", "pre"])
-def test_cached_decoding_equals_uncached(norm):
-    m = _trained_ish(norm=norm)
+def test_cached_decoding_equals_uncached(norm, n_enc, n_dec):
+    m = _trained_ish(norm=norm, n_enc_layer=n_enc, n_dec_layer=n_dec)
     src, _ = _src_tgt()
     a, b = greedy(m, src, 20, use_cache=True), greedy(m, src, 20, use_cache=False)
     assert torch.equal(a.tokens, b.tokens) and a.tokens.shape[1] > 3
@@ -250,15 +300,26 @@ def test_cached_decoding_equals_uncached(norm):
     torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=1e-5)
 
 
-def test_cached_step_logits_equal_full_pass():
-    m = _trained_ish()
+@pytest.mark.parametrize("n_enc,n_dec", DEPTHS)
+def test_cached_step_logits_equal_full_pass(n_enc, n_dec):
+    m = _trained_ish(n_enc_layer=n_enc, n_dec_layer=n_dec)
     src, tgt = _src_tgt(tlens=(6, 6, 6))
     memory, src_mask = m.encode(src)
     full = m.decode(tgt, memory, src_mask)
-    cache = DecoderCache(m.cfg.n_layer)
+    cache = DecoderCache(m.cfg.dec_depth)
     steps = torch.cat([m.decode(tgt[:, t:t + 1], memory, src_mask, cache) for t in range(tgt.shape[1])], 1)
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
-    assert cache.pos == tgt.shape[1] and cache.layers[0]["self"]["k"].shape[2] == tgt.shape[1]
+    assert cache.pos == tgt.shape[1] and len(cache.layers) == n_dec
+    assert all(layer["self"]["k"].shape[2] == tgt.shape[1] for layer in cache.layers)
+
+
+def test_cache_of_another_depth_is_refused():
+    m = _trained_ish(n_layer=2, n_dec_layer=3)
+    memory, src_mask = m.encode(_src_tgt()[0])
+    bos = torch.full((3, 1), BOS)
+    for n in (2, 4):  # too few layers would fail mid-stack, too many would leave the surplus silently unused
+        with pytest.raises(ValueError, match=rf"DecoderCache has {n} layers, the decoder 3; .*cfg.dec_depth"):
+            m.decode(bos, memory, src_mask, DecoderCache(n))
 
 
 def test_beam_one_is_greedy_and_wider_beam_scores_at_least_as_high():

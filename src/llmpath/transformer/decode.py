@@ -39,7 +39,7 @@ def greedy(model: Transformer, src: Tensor, max_len: int = 60, use_cache: bool =
     model.eval()
     B = src.shape[0]
     memory, src_mask = model.encode(src)
-    cache = DecoderCache(model.cfg.n_layer) if use_cache else None
+    cache = DecoderCache(model.cfg.dec_depth) if use_cache else None
     ys = torch.full((B, 1), BOS, dtype=torch.long, device=src.device)
     done = torch.zeros(B, dtype=torch.bool, device=src.device)
     scores = torch.zeros(B, device=src.device)
@@ -66,7 +66,7 @@ def beam_search(model: Transformer, src: Tensor, beam: int = 5, length_penalty_a
     rows = torch.arange(B, device=dev).repeat_interleave(K)  # (B*K,) sentence of each row
     memory, src_mask = model.encode(src)
     memory, src_mask = memory[rows], src_mask[rows]
-    cache = DecoderCache(model.cfg.n_layer) if use_cache else None
+    cache = DecoderCache(model.cfg.dec_depth) if use_cache else None
     beams = Beams(B, K, dev)
     ys = torch.full((B * K, 1), BOS, dtype=torch.long, device=dev)
     for _ in range(_max_len(model, src, max_len)):

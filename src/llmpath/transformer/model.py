@@ -6,6 +6,7 @@ Vaswani et al. 2017 (https://arxiv.org/abs/1706.03762). Source tokens -> embeddi
 + positional encoding -> n_layer encoder layers (self-attention, feed-forward) -> memory. Target
 tokens (shifted right) -> the same embedding recipe -> n_layer decoder layers (masked self-attention,
 cross-attention over the memory, feed-forward) -> a linear head tied to the target embedding.
+(n_enc_layer / n_dec_layer give the two stacks different depths, as nn.Transformer allows.)
 
 Every sub-layer sits in a residual connection with LayerNorm, after the sum (post-LN, the paper and
 torch.nn.Transformer's default) or before the sub-layer (pre-LN, GPT-2 and most later models).
@@ -31,7 +32,9 @@ from llmpath.transformer.attention import MultiHeadAttention, padding_mask
 class TransformerConfig:
     src_vocab: int = 100
     tgt_vocab: int = 100
-    n_layer: int = 2  # encoder layers = decoder layers
+    n_layer: int = 2  # layers in each stack, unless one of the two below is set
+    n_enc_layer: int = 0  # encoder layers (nn.Transformer's num_encoder_layers); 0 = n_layer
+    n_dec_layer: int = 0  # decoder layers (num_decoder_layers); 0 = n_layer
     n_head: int = 4
     n_embd: int = 128  # d_model
     n_ff: int = 512  # inner width of the position-wise feed-forward (d_ff)
@@ -45,6 +48,15 @@ class TransformerConfig:
     tie_weights: bool = True  # output head shares the target embedding matrix
     sdpa: bool = False  # attention through F.scaled_dot_product_attention (no weights for plots)
     layer_norm_eps: float = 1e-5
+
+    # 0 rather than None for "unset": the command line and saved configs keep plain ints
+    @property
+    def enc_depth(self) -> int:
+        return self.n_enc_layer or self.n_layer
+
+    @property
+    def dec_depth(self) -> int:
+        return self.n_dec_layer or self.n_layer
 
 
 # -------------------------------------------------------------------------------- embeddings
@@ -167,18 +179,18 @@ class DecoderLayer(nn.Module):
 
 
 class Stack(nn.Module):
-    """n_layer layers and the optional final LayerNorm (torch.nn.TransformerEncoder/Decoder's `norm`)."""
+    """n layers and the optional final LayerNorm (torch.nn.TransformerEncoder/Decoder's `norm`)."""
 
-    def __init__(self, layer: type, cfg: TransformerConfig):
+    def __init__(self, layer: type, n: int, cfg: TransformerConfig):
         super().__init__()
-        self.layers = nn.ModuleList(layer(cfg) for _ in range(cfg.n_layer))
+        self.layers = nn.ModuleList(layer(cfg) for _ in range(n))
         self.norm = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias) if cfg.final_norm else nn.Identity()
 
 
 class DecoderCache:
     """Per decoder layer: the self-attention keys/values of the tokens so far and the memory's projections."""
 
-    def __init__(self, n_layer: int):
+    def __init__(self, n_layer: int):  # the decoder's depth: cfg.dec_depth
         self.layers = [{"self": {}, "cross": {}} for _ in range(n_layer)]
         self.pos = 0  # tokens decoded so far (the next one's position)
 
@@ -200,8 +212,8 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.src_embed = Embed(cfg.src_vocab, cfg)
         self.tgt_embed = Embed(cfg.tgt_vocab, cfg)
-        self.encoder = Stack(EncoderLayer, cfg)
-        self.decoder = Stack(DecoderLayer, cfg)
+        self.encoder = Stack(EncoderLayer, cfg.enc_depth, cfg)
+        self.decoder = Stack(DecoderLayer, cfg.dec_depth, cfg)
         self.head = nn.Linear(cfg.n_embd, cfg.tgt_vocab, bias=False)
         for p in self.parameters():
             if p.dim() > 1:
@@ -237,6 +249,9 @@ class Transformer(nn.Module):
     def decode(self, tgt_in: Tensor, memory: Tensor, src_mask: Tensor, cache: DecoderCache | None = None,
                maps: dict | None = None) -> Tensor:
         """Logits (B, T, V) for target positions; with a cache, tgt_in holds only the new tokens."""
+        if cache is not None and len(cache.layers) != len(self.decoder.layers):  # not an IndexError mid-stack
+            raise ValueError(f"DecoderCache has {len(cache.layers)} layers, the decoder {len(self.decoder.layers)}; "
+                             "build DecoderCache(model.cfg.dec_depth)")
         start = cache.pos if cache is not None else 0
         # with a cache, earlier tokens are real (never padding), so only full passes need the padding mask
         tgt_mask = padding_mask(tgt_in, PAD) if cache is None else None
@@ -299,13 +314,47 @@ def _copy(dst: nn.Module, src: nn.Module) -> None:
     dst.load_state_dict(src.state_dict())
 
 
+def _check_fits(cfg: TransformerConfig, ref: nn.Transformer) -> None:
+    """Raise ValueError, naming every difference, if ref's weights need another TransformerConfig than cfg.
+
+    Without it zip() would drop surplus layers without a word, and pre-LN weights would load into a
+    post-LN model: the shapes agree, only the outputs are wrong. nn.Transformer's layers are copies of
+    one layer, so the first speaks for all.
+    """
+    first = (*ref.encoder.layers, *ref.decoder.layers)[0]
+    act = getattr(first.activation, "__name__", type(first.activation).__name__).lower()  # F.relu, nn.ReLU() -> relu
+    if act not in ("relu", "gelu"):
+        raise ValueError(f"nn.Transformer's activation is {act!r}; this model has only 'relu' and 'gelu'")
+    E, D, C = len(ref.encoder.layers), len(ref.decoder.layers), first.self_attn.embed_dim
+    last_norm = ref.encoder.norm is not None  # nn.Transformer always has one; a custom_encoder may not
+    # equal depths with neither stack set apart: the fix is n_layer (both rows then name it, the dict keeps one)
+    both = "n_layer" if E == D and not (cfg.n_enc_layer or cfg.n_dec_layer) else None
+    rows = [  # (what nn.Transformer has, our field, the value it needs, ours)
+        (f"num_encoder_layers={E}", both or "n_enc_layer", E, cfg.enc_depth),
+        (f"num_decoder_layers={D}", both or "n_dec_layer", D, cfg.dec_depth),
+        (f"norm_first={first.norm_first}", "norm", "pre" if first.norm_first else "post", cfg.norm),
+        (f"d_model={C}", "n_embd", C, cfg.n_embd),
+        (f"nhead={first.self_attn.num_heads}", "n_head", first.self_attn.num_heads, cfg.n_head),
+        (f"dim_feedforward={first.linear1.out_features}", "n_ff", first.linear1.out_features, cfg.n_ff),
+        (f"activation={act!r}", "activation", act, cfg.activation),
+        (f"bias={first.linear1.bias is not None}", "bias", first.linear1.bias is not None, cfg.bias),
+        (f"layer_norm_eps={first.norm1.eps}", "layer_norm_eps", first.norm1.eps, cfg.layer_norm_eps),
+        ("a final LayerNorm" if last_norm else "no final LayerNorm", "final_norm", last_norm, cfg.final_norm)]
+    bad = [r for r in rows if r[2] != r[3]]
+    if bad:
+        has = ", ".join(f"{theirs} (this model {ours!r})" for theirs, _, _, ours in bad)
+        fix = ", ".join(f"{k}={v!r}" for k, v in {field: need for _, field, need, _ in bad}.items())
+        raise ValueError(f"nn.Transformer has {has}; build TransformerConfig({fix}) to load its weights")
+
+
 def from_torch(model: Transformer, ref: nn.Transformer) -> None:
     """Our encoder/decoder stacks take the weights of a torch.nn.Transformer of the same shape.
 
     Names map one to one: self_attn -> self_attn, multihead_attn -> cross_attn, linear1/linear2 ->
     ff.fc1/ff.fc2, norm1..3 -> norm1..3, encoder.norm / decoder.norm -> the same. (nn.Transformer has
-    no embeddings or output head: those keep ours.)
+    no embeddings or output head: those keep ours.) A different shape raises before anything is copied.
     """
+    _check_fits(model.cfg, ref)
     for ours, theirs in zip(model.encoder.layers, ref.encoder.layers):
         mha_from_torch(ours.self_attn, theirs.self_attn)
         _copy(ours.ff.fc1, theirs.linear1), _copy(ours.ff.fc2, theirs.linear2)

@@ -42,7 +42,8 @@ def _states(h):
 def test_matches_torch_nn(cell, opts, layers, T, bi):
     ours, ref = _pair(cell, layers, bi, **opts)
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
-    assert ref.bias == opts.get("bias", True) and getattr(ref, "nonlinearity", "tanh") == opts.get("nonlinearity", "tanh")
+    assert ref.bias == opts.get("bias", True)
+    assert getattr(ref, "nonlinearity", "tanh") == opts.get("nonlinearity", "tanh")  # nn.LSTM/GRU have none
     x = torch.randn(3, T, 5)
     D = 2 if bi else 1
     h0 = torch.randn(layers * D, 3, 8)
@@ -208,9 +209,9 @@ def test_lm_impls_share_weights(cell, opts):
 def test_lm_defaults_keep_the_state_dict_keys():
     """Checkpoints saved before bias and nonlinearity existed load: the defaults build the same parameters."""
     cfg = dict(cell="lstm", vocab_size=11, n_embd=6, n_hidden=10, n_layer=2)
-    keys = ["embed.weight"] + [f"rnn.{w}_l{k}" for k in range(2) for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    rnn = [f"rnn.{w}_l{k}" for k in range(2) for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
     for impl in ("ours", "torch"):
-        assert list(CharRNN(LMConfig(**cfg, impl=impl)).state_dict()) == keys + ["head.weight", "head.bias"]
+        assert list(CharRNN(LMConfig(**cfg, impl=impl)).state_dict()) == ["embed.weight", *rnn, "head.weight", "head.bias"]
     with pytest.raises(ValueError, match="forget_bias=1.0 sets a bias, but bias=False"):
         CharRNN(LMConfig(**cfg, bias=False, forget_bias=1.0))
 

@@ -135,6 +135,27 @@ def test_export_of_a_model_without_biases(tmp_path):
     x = torch.randint(0, 23, (2, 10))
     with torch.no_grad():
         torch.testing.assert_close(reloaded(x).logits, ours(x)[0], atol=1e-5, rtol=1e-5)
+    # and back, from our folder, from the transformers object and from transformers' own save_pretrained:
+    # bias=False again, not bias=True with zero biases
+    reloaded.save_pretrained(tmp_path / "saved")
+    for back in (from_hf(tmp_path), from_hf(reloaded), from_hf(tmp_path / "saved")):
+        assert back.cfg.bias is False and back.num_params() == ours.num_params()
+        assert list(back.state_dict()) == list(ours.state_dict())
+        with torch.no_grad():
+            assert torch.equal(back(x)[0], ours(x)[0])
+
+
+def test_biases_trained_after_a_bias_free_export_are_kept(tmp_path):
+    """A bias=False export finetuned in transformers has non-zero biases: they load (bias=True), with a warning."""
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(to_hf(tiny(bias=False), tmp_path)).eval()
+    with torch.no_grad():
+        reloaded.transformer.h[0].mlp.c_fc.bias.add_(0.5)
+    x = torch.randint(0, 23, (2, 10))
+    with pytest.warns(UserWarning, match="some biases are not zero"):
+        back = from_hf(reloaded)
+    assert back.cfg.bias is True
+    with torch.no_grad():
+        torch.testing.assert_close(back(x)[0], reloaded(x).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_greedy_and_beam_generation_equal_huggingface():

@@ -6,18 +6,30 @@ from torch import nn
 
 from llmpath.rnn.model import RNN, make_rnn
 
-CASES = [  # (cell, num_layers, T, bidirectional)
-    (cell, layers, T, bi)
-    for cell in ("rnn", "lstm", "gru")
+# the options torch.nn has besides the shape: bias for every cell, nonlinearity for the vanilla RNN only
+OPTIONS = {"rnn": [{}, {"bias": False}, {"nonlinearity": "relu"}, {"nonlinearity": "relu", "bias": False}],
+           "lstm": [{}, {"bias": False}], "gru": [{}, {"bias": False}]}
+CELL_OPTIONS = [(cell, opts) for cell, options in OPTIONS.items() for opts in options]
+CASES = [  # (cell, options, num_layers, T, bidirectional)
+    (cell, opts, layers, T, bi)
+    for cell, opts in CELL_OPTIONS
     for layers, T, bi in ((1, 1, False), (1, 7, False), (2, 13, False), (3, 5, False), (1, 6, True), (2, 9, True))
 ]
 
 
-def _pair(cell, layers, bi, batch_first=True, dropout=0.0, input_size=5, hidden=8):
+def _id(value):
+    """Test ids like 'rnn-nonlinearity=relu,bias=False' instead of 'rnn-opts3'."""
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "defaults"
+    return None
+
+
+def _pair(cell, layers, bi, batch_first=True, dropout=0.0, input_size=5, hidden=8, **opts):
     torch.manual_seed(0)
-    ours = RNN(cell, input_size, hidden, num_layers=layers, dropout=dropout, batch_first=batch_first, bidirectional=bi)
+    ours = RNN(cell, input_size, hidden, num_layers=layers, dropout=dropout, batch_first=batch_first, bidirectional=bi,
+               **opts)
     ref = make_rnn(cell, input_size, hidden, num_layers=layers, dropout=dropout, batch_first=batch_first,
-                   bidirectional=bi, impl="torch")
+                   bidirectional=bi, impl="torch", **opts)
     ours.load_state_dict(ref.state_dict())  # same names and shapes: a strict load works
     return ours, ref
 
@@ -26,10 +38,12 @@ def _states(h):
     return list(h) if isinstance(h, tuple) else [h]
 
 
-@pytest.mark.parametrize("cell, layers, T, bi", CASES)
-def test_matches_torch_nn(cell, layers, T, bi):
-    ours, ref = _pair(cell, layers, bi)
+@pytest.mark.parametrize("cell, opts, layers, T, bi", CASES, ids=_id)
+def test_matches_torch_nn(cell, opts, layers, T, bi):
+    ours, ref = _pair(cell, layers, bi, **opts)
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    assert ref.bias == opts.get("bias", True)
+    assert getattr(ref, "nonlinearity", "tanh") == opts.get("nonlinearity", "tanh")  # nn.LSTM/GRU have none
     x = torch.randn(3, T, 5)
     D = 2 if bi else 1
     h0 = torch.randn(layers * D, 3, 8)
@@ -41,6 +55,8 @@ def test_matches_torch_nn(cell, layers, T, bi):
         torch.testing.assert_close(out_o, out_r, atol=1e-5, rtol=1e-5)
         for a, b in zip(_states(h_o), _states(h_r), strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        if opts.get("nonlinearity") == "relu":  # relu really ran: outputs >= 0, some clipped to 0 (tanh's would be < 0)
+            assert (out_o >= 0).all() and (out_o == 0).any()
     # gradients of every parameter (and of the input) under the same loss
     xo, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
     w = torch.randn(3, T, D * 8)
@@ -52,9 +68,9 @@ def test_matches_torch_nn(cell, layers, T, bi):
     torch.testing.assert_close(xo.grad, xr.grad, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_time_major_and_unbatched(cell):
-    ours, ref = _pair(cell, 2, True, batch_first=False)
+@pytest.mark.parametrize("cell, opts", CELL_OPTIONS, ids=_id)
+def test_time_major_and_unbatched(cell, opts):
+    ours, ref = _pair(cell, 2, True, batch_first=False, **opts)
     x = torch.randn(6, 3, 5)  # (T, B, C)
     torch.testing.assert_close(ours(x)[0], ref(x)[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours(x[:, 0])[0], ref(x[:, 0])[0], atol=1e-5, rtol=1e-5)  # (T, C)
@@ -62,15 +78,29 @@ def test_time_major_and_unbatched(cell):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_torch_weights_load_into_ours_and_back(cell):
-    ref = make_rnn(cell, 4, 6, num_layers=2, bidirectional=True, impl="torch")
-    ours = make_rnn(cell, 4, 6, num_layers=2, bidirectional=True, impl="ours")
+@pytest.mark.parametrize("cell, opts", CELL_OPTIONS, ids=_id)
+def test_torch_weights_load_into_ours_and_back(cell, opts):
+    ref = make_rnn(cell, 4, 6, num_layers=2, bidirectional=True, impl="torch", **opts)
+    ours = make_rnn(cell, 4, 6, num_layers=2, bidirectional=True, impl="ours", **opts)
+    assert list(ours.state_dict()) == list(ref.state_dict())  # no bias_* keys when bias=False, as torch.nn
     ours.load_state_dict(ref.state_dict())
-    back = make_rnn(cell, 4, 6, num_layers=2, bidirectional=True, impl="torch")
+    back = make_rnn(cell, 4, 6, num_layers=2, bidirectional=True, impl="torch", **opts)
     back.load_state_dict(ours.state_dict())
     x = torch.randn(2, 5, 4)
     torch.testing.assert_close(back(x)[0], ours(x)[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours(x)[0], ref(x)[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_weights_with_and_without_bias_do_not_mix(cell):
+    """A strict load refuses biases the model does not have (and missing ones), in ours as in torch.nn."""
+    with_bias = make_rnn(cell, 4, 6, impl="torch").state_dict()
+    without = make_rnn(cell, 4, 6, impl="torch", bias=False).state_dict()
+    for impl in ("ours", "torch"):
+        with pytest.raises(RuntimeError, match=r"Unexpected key\(s\).*bias_ih_l0"):
+            make_rnn(cell, 4, 6, impl=impl, bias=False).load_state_dict(with_bias)
+        with pytest.raises(RuntimeError, match=r"Missing key\(s\).*bias_ih_l0"):
+            make_rnn(cell, 4, 6, impl=impl).load_state_dict(without)
 
 
 @pytest.mark.filterwarnings("ignore:dropout option adds dropout")
@@ -102,6 +132,18 @@ def test_bad_cell_and_impl():
         make_rnn("lstn", 3, 4)
     with pytest.raises(ValueError, match="unknown impl 'fast'"):
         make_rnn("lstm", 3, 4, impl="fast")
+
+
+@pytest.mark.parametrize("impl", ["ours", "torch"])
+def test_bad_nonlinearity(impl):
+    with pytest.raises(ValueError, match="unknown nonlinearity 'sigmoid'; choose one of: tanh, relu"):
+        make_rnn("rnn", 3, 4, nonlinearity="sigmoid", impl=impl)
+    for cell in ("lstm", "gru"):
+        with pytest.raises(ValueError, match=f"nonlinearity='relu' is for the vanilla RNN only; the {cell} cell"):
+            make_rnn(cell, 3, 4, nonlinearity="relu", impl=impl)
+        assert make_rnn(cell, 3, 4, nonlinearity="tanh", impl=impl) is not None  # the default is accepted
+    with pytest.raises(ValueError, match="for the vanilla RNN only"):
+        RNN("gru", 3, 4, nonlinearity="relu")
 
 
 # ------------------------------------------------------------------------ language model parts
@@ -141,23 +183,37 @@ def test_ngram_learns_structure_and_overfits_high_orders():
         NGram(0)
 
 
-def test_param_budget_matches_count():
+@pytest.mark.parametrize("bias", [True, False])
+def test_param_budget_matches_count(bias):
     for cell in ("rnn", "lstm", "gru"):
-        H = hidden_for_budget(cell, 50_000, V=30, E=8, L=2)
-        model = CharRNN(LMConfig(cell=cell, vocab_size=30, n_embd=8, n_layer=2, n_params=50_000))
-        assert model.n_hidden == H and count_params(model) == lm_params(cell, 30, 8, H, 2) <= 50_000
-        assert lm_params(cell, 30, 8, H + 1, 2) > 50_000
+        H = hidden_for_budget(cell, 50_000, V=30, E=8, L=2, bias=bias)
+        model = CharRNN(LMConfig(cell=cell, vocab_size=30, n_embd=8, n_layer=2, n_params=50_000, bias=bias))
+        assert model.n_hidden == H and count_params(model) == lm_params(cell, 30, 8, H, 2, bias) <= 50_000
+        assert lm_params(cell, 30, 8, H + 1, 2, bias) > 50_000
+    # without biases the recurrent layers lose 2 * gates * H per layer, the head keeps its V
+    assert lm_params("gru", 30, 8, 40, 2) - lm_params("gru", 30, 8, 40, 2, bias=False) == 2 * 2 * 3 * 40
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_lm_impls_share_weights(cell):
+@pytest.mark.parametrize("cell, opts", CELL_OPTIONS, ids=_id)
+def test_lm_impls_share_weights(cell, opts):
     torch.manual_seed(0)
-    cfg = LMConfig(cell=cell, vocab_size=11, n_embd=6, n_hidden=10, n_layer=2, impl="torch")
+    cfg = LMConfig(cell=cell, vocab_size=11, n_embd=6, n_hidden=10, n_layer=2, impl="torch", **opts)
     ref = CharRNN(cfg)
+    assert ref.rnn.bias == cfg.bias and getattr(ref.rnn, "nonlinearity", "tanh") == cfg.nonlinearity
     ours = CharRNN(LMConfig(**{**cfg.__dict__, "impl": "ours"}))
     ours.load_state_dict(ref.state_dict())
     x = torch.randint(0, 11, (3, 9))
     torch.testing.assert_close(ours(x)[0], ref(x)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_lm_defaults_keep_the_state_dict_keys():
+    """Checkpoints saved before bias and nonlinearity existed load: the defaults build the same parameters."""
+    cfg = dict(cell="lstm", vocab_size=11, n_embd=6, n_hidden=10, n_layer=2)
+    rnn = [f"rnn.{w}_l{k}" for k in range(2) for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    for impl in ("ours", "torch"):
+        assert list(CharRNN(LMConfig(**cfg, impl=impl)).state_dict()) == ["embed.weight", *rnn, "head.weight", "head.bias"]
+    with pytest.raises(ValueError, match="forget_bias=1.0 sets a bias, but bias=False"):
+        CharRNN(LMConfig(**cfg, bias=False, forget_bias=1.0))
 
 
 def test_stream_nll_carries_state():

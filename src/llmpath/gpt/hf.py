@@ -9,11 +9,17 @@ Our modules carry GPT-2's names (wte, wpe, h.N.ln_1, attn.c_attn, mlp.c_fc, ...)
 only: drop/add the "transformer." prefix, and transpose the four projection matrices, because GPT-2
 stores them as `Conv1D` with shape (in, out) where nn.Linear holds (out, in). Reading a folder needs
 only safetensors, not transformers.
+
+GPT-2 always has biases. A bias=False model is exported with zero biases and `"llmpath_bias": false`
+in config.json (transformers keeps unknown keys as plain attributes and ignores them), so that
+from_hf builds bias=False again: same parameters, same logits.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +46,16 @@ def config_from_hf(hf: dict[str, Any], dropout: float = 0.0, sdpa: bool = True) 
     if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("scale_attn_weights") is False or hf.get("add_cross_attention"):
         raise ValueError("this GPT-2 config changes the attention (layer-wise scaling, no scaling or cross-attention)")
     return GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
-                     n_head=hf["n_head"], n_embd=n_embd, dropout=dropout, bias=True, sdpa=sdpa,
+                     n_head=hf["n_head"], n_embd=n_embd, dropout=dropout, sdpa=sdpa,
+                     bias=hf.get("llmpath_bias", True),  # written by config_to_hf for a bias=False model
                      layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5))
 
 
 def config_to_hf(cfg: GPTConfig, bos_token_id: int | None = None, eos_token_id: int | None = None) -> dict[str, Any]:
     """A config.json that `transformers.GPT2Config` reads back as the same architecture."""
     eos = cfg.vocab_size - 1 if eos_token_id is None else eos_token_id
+    # only where we differ from GPT-2: a stock config (and everything transformers reads) is unchanged
+    extra = {} if cfg.bias else {"llmpath_bias": False}
     return {
         "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
         "vocab_size": cfg.vocab_size, "n_positions": cfg.block_size, "n_ctx": cfg.block_size,
@@ -54,7 +63,7 @@ def config_to_hf(cfg: GPTConfig, bos_token_id: int | None = None, eos_token_id: 
         "activation_function": "gelu_new", "layer_norm_epsilon": cfg.layer_norm_eps,
         "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
         "initializer_range": 0.02, "scale_attn_weights": True, "tie_word_embeddings": True,
-        "bos_token_id": eos if bos_token_id is None else bos_token_id, "eos_token_id": eos,
+        "bos_token_id": eos if bos_token_id is None else bos_token_id, "eos_token_id": eos, **extra,
     }
 
 
@@ -77,11 +86,21 @@ def _hf_state_from_ours(model: GPT) -> dict[str, Tensor]:
         if name == "lm_head.weight":
             continue  # tied: HF re-ties it to transformer.wte.weight on load
         out["transformer." + name] = (t.t() if name.endswith(_TRANSPOSED) else t).detach().contiguous().clone()
-    if not model.cfg.bias:  # GPT-2 always has biases: ours are zero when bias=False
+    if not model.cfg.bias:  # GPT-2 always has biases: ours are zero (config.json says so for the way back)
         for name, m in model.named_modules():
             if isinstance(m, (nn.Linear, nn.LayerNorm)) and m is not model.lm_head:
                 out.setdefault(f"transformer.{name}.bias", torch.zeros(m.weight.shape[0]))
     return out
+
+
+def _without_zero_biases(ours: dict[str, Tensor], cfg: GPTConfig) -> tuple[dict[str, Tensor], GPTConfig]:
+    """Drop the zero biases a bias=False export carries; keep them all (bias=True) if any has been trained since."""
+    biases = [name for name in ours if name.endswith(".bias")]
+    if any(ours[name].any() for name in biases):
+        warnings.warn("config.json says llmpath_bias=false, but some biases are not zero (trained after export?); "
+                      "loading with bias=True so that no learned value is dropped", stacklevel=3)
+        return ours, replace(cfg, bias=True)
+    return {name: t for name, t in ours.items() if name not in biases}, cfg
 
 
 def _load_state(model: GPT, ours: dict[str, Tensor]) -> GPT:
@@ -108,8 +127,10 @@ def from_hf(model_or_dir: Any, dropout: float = 0.0, sdpa: bool = True) -> GPT:
             raise FileNotFoundError(f"no config.json in '{path}'; give a folder saved by to_hf() or save_pretrained()")
         hf_cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
         sd = _read_weights(path)
-    model = GPT(config_from_hf(hf_cfg, dropout=dropout, sdpa=sdpa))
-    return _load_state(model, _ours_from_hf_state(sd)).eval()
+    cfg, ours = config_from_hf(hf_cfg, dropout=dropout, sdpa=sdpa), _ours_from_hf_state(sd)
+    if not cfg.bias:
+        ours, cfg = _without_zero_biases(ours, cfg)
+    return _load_state(GPT(cfg), ours).eval()
 
 
 def _read_weights(path: Path) -> dict[str, Tensor]:

@@ -33,22 +33,24 @@ class LMConfig:
     dropout: float = opt(0.0, "dropout between layers and before the head")
     block_size: int = opt(128, "training sequence length (steps of backpropagation through time)")
     forget_bias: float = opt(0.0, "LSTM: set the forget-gate bias to this at init (0 = keep torch.nn's init)")
+    bias: bool = opt(True, "biases b_ih, b_hh in the recurrent layers (torch.nn's bias; the head keeps its own)")
+    nonlinearity: Literal["tanh", "relu"] = opt("tanh", "vanilla RNN only: the activation of h_t (torch.nn.RNN's)")
     impl: Literal["ours", "torch"] = opt("torch", "ours: the hand-written cells; torch: torch.nn (fast path, same weights)")
 
 
-def lm_params(cell: str, V: int, E: int, H: int, L: int) -> int:
+def lm_params(cell: str, V: int, E: int, H: int, L: int, bias: bool = True) -> int:
     """Parameter count of CharRNN. lm_params('rnn', 10, 4, 8, 1) -> 10*4 + (8*4 + 8*8 + 16) + 8*10 + 10"""
     g = CELLS[cell][0]
-    rec = sum(g * H * ((E if k == 0 else H) + H + 2) for k in range(L))
+    rec = sum(g * H * ((E if k == 0 else H) + H + (2 if bias else 0)) for k in range(L))
     return V * E + rec + H * V + V
 
 
-def hidden_for_budget(cell: str, n_params: int, V: int, E: int, L: int) -> int:
+def hidden_for_budget(cell: str, n_params: int, V: int, E: int, L: int, bias: bool = True) -> int:
     """Largest hidden size whose model fits in n_params (so RNN, GRU and LSTM compare at equal size)."""
     lo, hi = 1, 8192
     while lo < hi:  # lm_params grows with H: binary search
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if lm_params(cell, V, E, mid, L) <= n_params else (lo, mid - 1)
+        lo, hi = (mid, hi) if lm_params(cell, V, E, mid, L, bias) <= n_params else (lo, mid - 1)
     return lo
 
 
@@ -59,12 +61,14 @@ class CharRNN(nn.Module):
         super().__init__()
         if cfg.vocab_size <= 0:
             raise ValueError("LMConfig.vocab_size must be set from the tokenizer")
+        if cfg.cell == "lstm" and cfg.forget_bias and not cfg.bias:
+            raise ValueError(f"forget_bias={cfg.forget_bias} sets a bias, but bias=False; drop one of the two")
         self.cfg = cfg
-        H = cfg.n_hidden or hidden_for_budget(cfg.cell, cfg.n_params, cfg.vocab_size, cfg.n_embd, cfg.n_layer)
+        H = cfg.n_hidden or hidden_for_budget(cfg.cell, cfg.n_params, cfg.vocab_size, cfg.n_embd, cfg.n_layer, cfg.bias)
         self.n_hidden = H
         self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.rnn = make_rnn(cfg.cell, cfg.n_embd, H, num_layers=cfg.n_layer, dropout=cfg.dropout,
-                            batch_first=True, impl=cfg.impl)
+                            batch_first=True, impl=cfg.impl, bias=cfg.bias, nonlinearity=cfg.nonlinearity)
         if cfg.cell == "lstm" and cfg.forget_bias:
             self._init_forget_bias(cfg.forget_bias)
         self.drop = nn.Dropout(cfg.dropout)

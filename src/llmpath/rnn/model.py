@@ -2,25 +2,29 @@
 
     rnn = RNN("lstm", input_size=16, hidden_size=32, num_layers=2, bidirectional=True)
     output, (h_n, c_n) = rnn(x)            # x (B, T, 16) -> output (B, T, 64), h_n (4, B, 32)
+    RNN("rnn", 16, 32, nonlinearity="relu", bias=False)   # the other options torch.nn has
 
 Parameters are named and shaped like torch.nn.RNN/LSTM/GRU (weight_ih_l0, weight_hh_l0, bias_ih_l0,
-bias_hh_l0, ..._reverse), so `load_state_dict` works both ways and tests/test_rnn.py checks that
-outputs, final states and gradients agree with torch.nn. `make_rnn(..., impl="torch")` returns the
-torch.nn module (the fast path, same weights).
+bias_hh_l0, ..._reverse; no bias_* with bias=False), so `load_state_dict` works both ways and
+tests/test_rnn.py checks that outputs, final states and gradients agree with torch.nn.
+`make_rnn(..., impl="torch")` returns the torch.nn module (the fast path, same weights).
 
 The equations (Hochreiter & Schmidhuber 1997, https://www.bioinf.jku.at/publications/older/2604.pdf;
 Cho et al. 2014, https://arxiv.org/abs/1406.1078), with W_i* = weight_ih and W_h* = weight_hh:
 
-    rnn   h_t = tanh(W_i x_t + b_i + W_h h_{t-1} + b_h)
+    rnn   h_t = tanh(W_i x_t + b_i + W_h h_{t-1} + b_h)      (relu instead of tanh with nonlinearity="relu")
     lstm  i, f, g, o = sigmoid(.), sigmoid(.), tanh(.), sigmoid(.)   of  W_i x_t + b_i + W_h h_{t-1} + b_h
           c_t = f * c_{t-1} + i * g          h_t = o * tanh(c_t)
     gru   r, z = sigmoid(W_ir x_t + b_ir + W_hr h + b_hr), sigmoid(W_iz x_t + b_iz + W_hz h + b_hz)
           n = tanh(W_in x_t + b_in + r * (W_hn h + b_hn))           h_t = (1 - z) * n + z * h_{t-1}
+
+bias=False drops every b (the cells then get None, which F.linear reads as "no bias").
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -34,12 +38,13 @@ State = Tensor | tuple[Tensor, Tensor]  # h, or (h, c) for the LSTM
 # speed trick here: it is one big matmul instead of T small ones). Each cell returns its new state
 # and its gate activations (for the heatmaps in experiments.py).
 
-def rnn_cell(xw: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor) -> tuple[Tensor, dict]:
-    h = torch.tanh(xw + F.linear(h, w_hh, b_hh))  # (B, H)
+def rnn_cell(xw: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None, act=torch.tanh) -> tuple[Tensor, dict]:
+    h = act(xw + F.linear(h, w_hh, b_hh))  # (B, H)
     return h, {}
 
 
-def lstm_cell(xw: Tensor, state: tuple[Tensor, Tensor], w_hh: Tensor, b_hh: Tensor) -> tuple[tuple[Tensor, Tensor], dict]:
+def lstm_cell(xw: Tensor, state: tuple[Tensor, Tensor], w_hh: Tensor,
+              b_hh: Tensor | None) -> tuple[tuple[Tensor, Tensor], dict]:
     h, c = state
     i, f, g, o = (xw + F.linear(h, w_hh, b_hh)).chunk(4, dim=-1)  # torch.nn's gate order: i, f, g, o
     i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
@@ -48,7 +53,7 @@ def lstm_cell(xw: Tensor, state: tuple[Tensor, Tensor], w_hh: Tensor, b_hh: Tens
     return (h, c), {"input": i, "forget": f, "cell": g, "output": o}
 
 
-def gru_cell(xw: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor) -> tuple[Tensor, dict]:
+def gru_cell(xw: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> tuple[Tensor, dict]:
     x_r, x_z, x_n = xw.chunk(3, dim=-1)  # torch.nn's gate order: r, z, n
     h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, dim=-1)
     r = torch.sigmoid(x_r + h_r)
@@ -59,11 +64,17 @@ def gru_cell(xw: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor) -> tuple[Tensor,
 
 
 CELLS = {"rnn": (1, rnn_cell), "lstm": (4, lstm_cell), "gru": (3, gru_cell)}  # cell -> (gates, step)
+NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}  # the vanilla RNN's choice, as torch.nn.RNN's
 
 
-def _check_cell(cell: str) -> None:
+def _check_cell(cell: str, nonlinearity: str = "tanh") -> None:
     if cell not in CELLS:
         raise ValueError(f"unknown cell '{cell}'; choose one of: {', '.join(CELLS)}")
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"unknown nonlinearity '{nonlinearity}'; choose one of: {', '.join(NONLINEARITIES)}")
+    if cell != "rnn" and nonlinearity != "tanh":
+        raise ValueError(f"nonlinearity='{nonlinearity}' is for the vanilla RNN only; the {cell} cell's "
+                         "activations are fixed (sigmoid gates, tanh): use cell='rnn' or keep nonlinearity='tanh'")
 
 
 # ---------------------------------------------------------------------------------- the module
@@ -72,21 +83,25 @@ class RNN(nn.Module):
     """Multi-layer (bi)directional RNN/LSTM/GRU; same constructor, forward and parameters as torch.nn."""
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
-                 batch_first: bool = True, bidirectional: bool = False):
+                 batch_first: bool = True, bidirectional: bool = False, bias: bool = True, nonlinearity: str = "tanh"):
         super().__init__()
-        _check_cell(cell)
+        _check_cell(cell, nonlinearity)
         self.cell, self.input_size, self.hidden_size = cell, input_size, hidden_size
         self.num_layers, self.dropout, self.batch_first, self.bidirectional = num_layers, dropout, batch_first, bidirectional
+        self.bias, self.nonlinearity = bias, nonlinearity
         self.num_directions = 2 if bidirectional else 1
-        gates = CELLS[cell][0]
+        gates, step = CELLS[cell]
+        # the vanilla cell's activation is fixed here, so every cell steps with the same arguments
+        self.step = partial(rnn_cell, act=NONLINEARITIES[nonlinearity]) if cell == "rnn" else step
         for layer in range(num_layers):
             # layer k > 0 reads the concatenated outputs of both directions of layer k - 1
             n_in = input_size if layer == 0 else hidden_size * self.num_directions
             for sfx in self._suffixes(layer):
                 self.register_parameter(f"weight_ih{sfx}", nn.Parameter(torch.empty(gates * hidden_size, n_in)))
                 self.register_parameter(f"weight_hh{sfx}", nn.Parameter(torch.empty(gates * hidden_size, hidden_size)))
-                self.register_parameter(f"bias_ih{sfx}", nn.Parameter(torch.empty(gates * hidden_size)))
-                self.register_parameter(f"bias_hh{sfx}", nn.Parameter(torch.empty(gates * hidden_size)))
+                if bias:  # registered after the weights, so the parameter order is torch.nn's too
+                    self.register_parameter(f"bias_ih{sfx}", nn.Parameter(torch.empty(gates * hidden_size)))
+                    self.register_parameter(f"bias_hh{sfx}", nn.Parameter(torch.empty(gates * hidden_size)))
         self.reset_parameters()
 
     def _suffixes(self, layer: int) -> list[str]:
@@ -98,10 +113,14 @@ class RNN(nn.Module):
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
 
-    def params(self, layer: int, direction: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(weight_ih, weight_hh, bias_ih, bias_hh) of one layer and direction (0 forward, 1 backward)."""
+    def params(self, layer: int, direction: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """(weight_ih, weight_hh, bias_ih, bias_hh) of one layer and direction (0 forward, 1 backward);
+        the biases are None when bias=False."""
         sfx = self._suffixes(layer)[direction]
-        return tuple(getattr(self, f"{name}{sfx}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        w_ih, w_hh = getattr(self, f"weight_ih{sfx}"), getattr(self, f"weight_hh{sfx}")
+        if not self.bias:
+            return w_ih, w_hh, None, None
+        return w_ih, w_hh, getattr(self, f"bias_ih{sfx}"), getattr(self, f"bias_hh{sfx}")
 
     def initial_state(self, batch: int, like: Tensor) -> State:
         """Zeros of shape (num_layers * num_directions, B, H) (a pair of them for the LSTM)."""
@@ -112,12 +131,11 @@ class RNN(nn.Module):
                       gates: list | None = None) -> tuple[Tensor, State]:
         """One layer, one direction over a (B, T, C) sequence: outputs (B, T, H) and the final state."""
         w_ih, w_hh, b_ih, b_hh = self.params(layer, direction)
-        step = CELLS[self.cell][1]
         xw = F.linear(x, w_ih, b_ih)  # (B, T, gates * H), all time steps in one matmul
         T = x.shape[1]
         outs: list[Tensor] = [x.new_empty(0)] * T
         for t in (reversed(range(T)) if direction == 1 else range(T)):  # the backward direction reads right to left
-            state, g = step(xw[:, t], state, w_hh, b_hh)
+            state, g = self.step(xw[:, t], state, w_hh, b_hh)
             outs[t] = state[0] if self.cell == "lstm" else state
             if gates is not None:
                 gates.append(g)
@@ -160,19 +178,24 @@ class RNN(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.cell}, {self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
-                f"dropout={self.dropout}, batch_first={self.batch_first}, bidirectional={self.bidirectional}")
+                f"dropout={self.dropout}, batch_first={self.batch_first}, bidirectional={self.bidirectional}, "
+                f"bias={self.bias}" + (f", nonlinearity={self.nonlinearity}" if self.cell == "rnn" else ""))
 
 
 TORCH_MODULES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
 def make_rnn(cell: str, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0,
-             batch_first: bool = True, bidirectional: bool = False, impl: str = "ours") -> nn.Module:
+             batch_first: bool = True, bidirectional: bool = False, impl: str = "ours", bias: bool = True,
+             nonlinearity: str = "tanh") -> nn.Module:
     """Our RNN (impl='ours') or torch.nn.RNN/LSTM/GRU (impl='torch'): same arguments, weights and outputs."""
-    _check_cell(cell)
-    kwargs = dict(num_layers=num_layers, dropout=dropout, batch_first=batch_first, bidirectional=bidirectional)
+    _check_cell(cell, nonlinearity)
+    kwargs = dict(num_layers=num_layers, dropout=dropout, batch_first=batch_first, bidirectional=bidirectional,
+                  bias=bias)
     if impl == "ours":
-        return RNN(cell, input_size, hidden_size, **kwargs)
+        return RNN(cell, input_size, hidden_size, nonlinearity=nonlinearity, **kwargs)
     if impl == "torch":
+        if cell == "rnn":  # nn.LSTM and nn.GRU take no nonlinearity argument
+            kwargs["nonlinearity"] = nonlinearity
         return TORCH_MODULES[cell](input_size, hidden_size, **kwargs)
     raise ValueError(f"unknown impl '{impl}'; choose one of: ours, torch")

@@ -8,11 +8,13 @@ PRESET ?= small
 PYTEST_ARGS ?=
 TOUR_ARGS ?=
 
-.PHONY: tour test install dev bench clean help chromium
+.PHONY: tour test test-fast install dev bench docs-figures clean help chromium
 
 help:
 	@echo "make tour    create .venv, install, run every tutorial (preset $(PRESET)), write runs/tour/report.*"
-	@echo "make test    same venv plus dev deps, run pytest"
+	@echo "make test    same venv plus dev deps, run pytest (every test, slow ones too)"
+	@echo "make test-fast  the tests not marked slow: the edit loop"
+	@echo "make docs-figures copy the tutorials' figures from finished runs into docs/tutorials/figures/"
 	@echo "make install create .venv and install llmpath"
 	@echo "make bench   run the speed benchmarks in benchmarks/"
 	@echo "make clean   remove .venv, runs/ and caches"
@@ -46,6 +48,13 @@ tour: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# the package never writes into the repository; this copies chosen figures of finished runs (see docs/figures.py)
+docs-figures: $(VENV)/.installed
+	$(BIN)/python docs/figures.py
 
 # The tour report's browser test needs Debian's chromium; install it when we can (root + apt).
 chromium:

@@ -22,8 +22,9 @@ def test_every_topic_has_help(topic, capsys):
     assert main([topic, "--help"]) == 0
     out = capsys.readouterr().out
     assert "commands:" in out and "presets:" in out
-    mod = importlib.import_module(TOPICS[topic][0])
-    for name in mod.COMMANDS:
+    mod = importlib.import_module(TOPICS[topic].cli)
+    for name, cmd in mod.COMMANDS.items():
+        assert cmd.fn.__name__ != "<lambda>" and cmd.fn.__module__ == mod.__name__  # plain functions of the topic
         assert main([topic, name, "--help"]) == 0
         assert "options:" in capsys.readouterr().out
 

@@ -253,5 +253,5 @@ def test_torchrun_cli_matches_one_process(tmp_path):
     assert ddp["step"] == one["step"] == 4
     for k in one["model"]:
         torch.testing.assert_close(ddp["model"][k], one["model"][k], atol=1e-5, rtol=1e-4)
-    summary = json.loads((tmp_path / "ddp" / "gpt" / "tiny" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "ddp" / "gpt" / "tiny" / "results.json").read_text())
     assert summary["world_size"] == 2

@@ -155,7 +155,7 @@ def _cli(*args):
 def test_train_tiny_then_sample_stream_chat_export(tmp_path, capsys):
     out = str(tmp_path)
     assert _cli("train", "--preset=tiny", f"--out={out}") == 0
-    summary = json.loads((tmp_path / "gpt" / "tiny" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "gpt" / "tiny" / "results.json").read_text())
     assert summary["val_loss"] < np.log(summary["vocab_size"])  # better than uniform after 30 steps
     assert (tmp_path / "gpt" / "tiny" / "figures" / "curves.png").exists()
     capsys.readouterr()

@@ -1,6 +1,8 @@
 """Stage 1: hand-written backprop is right (finite differences, autograd), NumPy == torch,
 the CLI trains end to end, and the MLP matches or beats LogisticRegression."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -151,8 +153,13 @@ def test_tiny_preset_trains_end_to_end_through_the_cli(tmp_path, capsys):
         assert (run / f).exists(), f
     assert main(["mlp", "eval", "--preset=tiny", f"--out={tmp_path}"]) == 0
     assert "| chinese-reviews | numpy_mlp |" in capsys.readouterr().out
-    res = mlp_cli.tour("tiny", str(tmp_path))  # reuses the finished run
-    assert res["table"].count("\n") == 7 and len(res["figures"]) == 7
+    stamp = (run / "results.json").stat().st_mtime_ns
+    res = mlp_cli.tour("tiny", str(tmp_path))  # reuses the finished run: same comparable config
+    assert res.table.count("\n") == 7 and len(res.figures) == 7 and (run / "results.json").stat().st_mtime_ns == stamp
+    assert main(["mlp", "train", "--preset=tiny", f"--out={tmp_path}", "--train.epochs=1"]) == 0
+    assert json.loads((run / "results.json").read_text())["config"]["train"]["epochs"] == 1
+    res = mlp_cli.tour("tiny", str(tmp_path))  # the folder now holds another config: trained again
+    assert (run / "results.json").stat().st_mtime_ns != stamp
 
 
 @pytest.mark.slow

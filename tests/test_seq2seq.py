@@ -211,15 +211,23 @@ def test_synthetic_task_learns(tmp_path):
 
 def test_cli_train_translate_plot(tmp_path, capsys):
     from llmpath.cli import main
+    from llmpath.runs import load_run
+    from llmpath.seq2seq.data import DETOKENIZE
+    from llmpath.seq2seq.decode import translate_batch
 
     out = str(tmp_path)
     assert main(["seq2seq", "train", "--preset=tiny", f"--out={out}", "--train.max_steps=3", "--no-progress"]) == 0
     run = tmp_path / "seq2seq" / "tiny-bahdanau"
-    assert (run / "vocab.json").exists() and (run / "summary.json").exists()
+    assert (run / "results.json").exists() and (run / "config.json").exists()
+    model, vocab, cfg = load_run(run)  # the checkpoint alone rebuilds the model and both vocabularies
+    assert (vocab.src_lang, vocab.tgt_lang, cfg.model.tgt_vocab) == ("zh", "en", len(vocab.tgt_vocab))
     capsys.readouterr()
     png = tmp_path / "align.png"
     assert main(["seq2seq", "translate", "我想喝水。", "--preset=tiny", f"--out={out}", f"--plot={png}"]) == 0
-    assert capsys.readouterr().out.endswith("\n")  # the translation line (maybe empty after 3 steps)
+    src = list("我想喝水。")
+    want = translate_batch(model, torch.tensor([vocab.src_vocab.encode(src)]), torch.tensor([len(src)]), cfg.beam,
+                           cfg.length_penalty, cfg.max_len)
+    assert capsys.readouterr().out == DETOKENIZE["en"](vocab.tgt_vocab.decode(want.tokens[0])) + "\n"
     assert png.exists() and png.stat().st_size > 1000
     assert main(["seq2seq", "translate", "x", "--preset=tiny", f"--out={out}", "--attention=dot"]) == 2  # not trained
 

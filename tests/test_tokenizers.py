@@ -209,7 +209,7 @@ def test_gpt_facing_helpers(english):
 def test_cli_train_and_encode(tmp_path, capsys):
     out = tmp_path / "tok"
     assert main(["tokenizer", "train", "--preset=tiny", "--vocab-size", "400", "--out", str(out)]) == 0
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "results.json").read_text())
     assert summary["same_as_tiktoken"] and summary["round_trip"] and summary["vocab_size"] == 400
     capsys.readouterr()
     assert main(["tokenizer", "encode", "--tok", str(out), "--color=never", "To be 你<|endoftext|>"]) == 0

@@ -11,12 +11,14 @@ import pytest
 from llmpath import tour
 from llmpath.config import ConfigError
 from llmpath.plotting import bar_table, save_fig
+from llmpath.topics import Topic
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def fake_ok(preset, out, fresh):
     fig = save_fig(bar_table(["a", "b"], [1.0, 2.0], title="中文标题"), Path(out) / "fake" / "figures" / "bars.png")
-    return {"metric": "acc", "value": 0.9, "bar": ">= 0.8", "passed": True, "table": "| m | acc |\n|---|---|\n| x | 0.9 |",
-            "figures": [fig]}
+    return tour.StageResult("acc", 0.9, ">= 0.8", True, "| m | acc |\n|---|---|\n| x | 0.9 |", [fig])
 
 
 def fake_broken(preset, out, fresh):
@@ -24,23 +26,40 @@ def fake_broken(preset, out, fresh):
 
 
 FAKE_STAGES = [
-    {"num": "1", "topic": "ok", "title": "好的阶段", "run": f"{__name__}:fake_ok", "teaches": "教学段落"},
-    {"num": "2", "topic": "broken", "title": "坏的阶段", "run": f"{__name__}:fake_broken", "teaches": "x"},
-    {"num": "3", "topic": "ok2", "title": "又一个", "run": f"{__name__}:fake_ok", "teaches": "y"},
+    Topic("ok", "fake.ok", "fake", stage="1", stage_title="好的阶段", teaches="教学段落"),
+    Topic("broken", "fake.broken", "fake", stage="2", stage_title="坏的阶段", teaches="x"),
+    Topic("ok2", "fake.ok2", "fake", stage="3", stage_title="又一个", teaches="y"),
 ]
 
 
-def test_select_stages(monkeypatch):
+@pytest.fixture
+def fake_stages(monkeypatch):
     monkeypatch.setattr(tour, "STAGES", FAKE_STAGES)
-    assert [s["num"] for s in tour._select("")] == ["1", "2", "3"]
-    assert [s["num"] for s in tour._select("0")] == ["1", "2", "3"]
-    assert [s["num"] for s in tour._select("3,ok")] == ["1", "3"]
+    monkeypatch.setattr(tour, "stage_function", lambda s: fake_broken if s.name == "broken" else fake_ok)
+
+
+def test_the_tour_the_cli_and_the_doctor_read_one_registry():
+    from llmpath.cli import TOPICS as cli_topics
+    from llmpath.doctor import all_checks
+    from llmpath.topics import TOPIC_LIST
+
+    assert list(cli_topics) == [t.name for t in TOPIC_LIST]
+    assert [s.name for s in tour.STAGES] == [t.name for t in TOPIC_LIST if t.stage]
+    assert [c[0] for c in all_checks() if c[0].startswith("topic ")] == [f"topic {t.name}" for t in TOPIC_LIST]
+    for t in tour.STAGES:  # every stage's tour() exists and every document it names is in the repository
+        assert callable(tour.stage_function(t))
+        assert (ROOT / t.tutorial).exists() and (ROOT / t.notebook).exists()
+
+
+def test_select_stages(fake_stages):
+    assert [s.stage for s in tour._select("")] == ["1", "2", "3"]
+    assert [s.stage for s in tour._select("0")] == ["1", "2", "3"]
+    assert [s.stage for s in tour._select("3,ok")] == ["1", "3"]
     with pytest.raises(ConfigError, match="unknown stage '9' in --only; choose from: 0=all, 1=ok"):
         tour._select("9")
 
 
-def test_failing_stage_does_not_stop_the_tour(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(tour, "STAGES", FAKE_STAGES)
+def test_failing_stage_does_not_stop_the_tour(fake_stages, tmp_path, capsys):
     assert tour.main(["--yes", f"--out={tmp_path}"]) == 1
     out = capsys.readouterr().out
     assert "| 2 | broken | error |" in out and out.count("PASS") >= 2
@@ -50,8 +69,7 @@ def test_failing_stage_does_not_stop_the_tour(monkeypatch, tmp_path, capsys):
     assert "](../fake/figures/bars.png)" in md
 
 
-def test_only_one_stage_keeps_the_others_in_the_report(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(tour, "STAGES", FAKE_STAGES)
+def test_only_one_stage_keeps_the_others_in_the_report(fake_stages, tmp_path, capsys):
     tour.main(["--yes", f"--out={tmp_path}"])
     assert tour.main(["--yes", "--only=3", f"--out={tmp_path}"]) == 0  # the broken stage 2 was not re-run
     assert "from an earlier tour" in capsys.readouterr().out
@@ -105,10 +123,9 @@ def browser_check(report: Path, screenshot: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_report_in_a_real_browser(monkeypatch, tmp_path):
+def test_report_in_a_real_browser(fake_stages, tmp_path):
     if not _chromium():
         pytest.skip("chromium is not installed (make test installs it where apt-get works)")
-    monkeypatch.setattr(tour, "STAGES", FAKE_STAGES)
     tour.main(["--yes", f"--out={tmp_path}"])
     seen = browser_check(tmp_path / "tour" / "report.html", tmp_path / "tour" / "screenshot.png")
     assert seen["images"] == [True, True] and seen["summary_rows"] == 4 and not seen["errors"]

@@ -1,6 +1,7 @@
 """Stage 4: attention paths agree, our blocks equal torch.nn's, decoding with and without the cache agree."""
 
 import copy
+import json
 import math
 from pathlib import Path
 
@@ -347,26 +348,23 @@ def test_cli_train_eval_translate_figures_tiny(tmp_path, capsys):
     out = str(tmp_path)
     assert main(["transformer", "train", "--preset=tiny", f"--out={out}", "--train.max_steps=3", "--no-progress"]) == 0
     run = tmp_path / "transformer" / "tiny"
-    assert (run / "ckpt" / "best.pt").exists() and (run / "summary.json").exists()
+    assert (run / "ckpt" / "best.pt").exists() and (run / "results.json").exists()
     assert main(["transformer", "eval", "--preset=tiny", f"--out={out}", "--beam=2"]) == 0
     capsys.readouterr()
     assert main(["transformer", "translate", "我想喝水。", "--preset=tiny", f"--out={out}",
                  "--plot", str(tmp_path / "x.png")]) == 0
     assert (tmp_path / "x.png").exists()
-    from llmpath.transformer.cli import PRESETS, TransformerRun
-    from llmpath.config import build_config
-    from llmpath.transformer.figures import all_figures
-
-    paths = all_figures(build_config(TransformerRun, ["--preset=tiny", f"--out={out}"], PRESETS))
+    assert main(["transformer", "figures", "--preset=tiny", f"--out={out}"]) == 0
+    paths = list((run / "figures").glob("*.png"))
     assert {p.name for p in paths} >= {"positional_encoding.png", "attn_encoder.png", "attn_cross.png", "structure.png"}
     assert "合计" in (run / "parameters.md").read_text(encoding="utf-8")
 
 
 def test_translate_without_a_run_says_train_first(tmp_path):
-    from llmpath.config import build_config
+    from llmpath.config import ConfigError, build_config
     from llmpath.transformer.cli import PRESETS, TranslateRun, translate
 
-    with pytest.raises(FileNotFoundError, match="llmpath transformer train"):
+    with pytest.raises(ConfigError, match="llmpath transformer train"):
         translate(build_config(TranslateRun, ["--preset=tiny", f"--out={tmp_path}"], PRESETS))
 
 
@@ -379,13 +377,13 @@ def test_bad_train_fraction_is_a_config_error(tmp_path):
 
 
 def test_registered_in_cli_tour_and_doctor():
-    from llmpath.cli import TOPICS
-    from llmpath.doctor import TOPIC_SMOKE
+    from llmpath.doctor import all_checks
+    from llmpath.topics import TOPICS
     from llmpath.tour import STAGES
     from llmpath.transformer.cli import smoke
 
-    assert "transformer" in TOPICS and "transformer" in TOPIC_SMOKE
-    nums = [s["num"] for s in STAGES]
+    assert TOPICS["transformer"].cli == "llmpath.transformer.cli" and "topic transformer" in [c[0] for c in all_checks()]
+    nums = [s.stage for s in STAGES]
     assert nums.index("3") < nums.index("4") < nums.index("5a")
     assert "cached" in smoke()
 
@@ -428,9 +426,10 @@ def test_tour_tiny_returns_a_report(tmp_path):
     from llmpath.transformer.cli import tour
 
     res = tour("tiny", str(tmp_path))
-    assert set(res) >= {"metric", "value", "bar", "passed", "table", "figures"}
-    assert "Transformer" in res["table"] and len(res["figures"]) == 5
-    assert all(Path(p).exists() for p in res["figures"])
+    assert res.metric.startswith("Transformer test BLEU") and res.value == pytest.approx(
+        json.loads((tmp_path / "transformer" / "tiny" / "results.json").read_text())["test"]["greedy"]["bleu"])
+    assert "Transformer" in res.table and len(res.figures) == 5
+    assert all(Path(p).exists() for p in res.figures)
 
 
 def test_ablate_and_curve_tables_on_tiny(tmp_path):
@@ -441,11 +440,12 @@ def test_ablate_and_curve_tables_on_tiny(tmp_path):
                                         "--max_len=8"], PRESETS)
     res = ablate(cfg)
     assert list(res["runs"]) == list(ablations(cfg)) and res["table"].count("\n") == len(res["runs"]) + 1
-    assert res["runs"]["Pre-LN"]["config"]["norm"] == "pre" and cfg.norm == "post"
-    assert res["runs"]["单头注意力"]["config"]["n_head"] == 1 and (tmp_path / "transformer" / "tiny-no-pos").is_dir()
+    assert res["runs"]["Pre-LN"]["config"]["model"]["norm"] == "pre" and cfg.model.norm == "post"
+    assert res["runs"]["单头注意力"]["config"]["model"]["n_head"] == 1 and (tmp_path / "transformer" / "tiny-no-pos").is_dir()
+    assert json.loads((tmp_path / "transformer" / "tiny-ablate" / "results.json").read_text())["table"] == res["table"]
     cur = curve(cfg)
     assert [r["train_pairs"] for r in cur["runs"].values()] == sorted(r["train_pairs"] for r in cur["runs"].values())
-    assert len(cur["runs"]) == len(FRACTIONS)
+    assert len(cur["runs"]) == len(FRACTIONS) and (tmp_path / "transformer" / "tiny-curve" / "results.json").exists()
 
 
 def test_bar_compares_with_every_stage3_attention_run(tmp_path):
@@ -458,13 +458,13 @@ def test_bar_compares_with_every_stage3_attention_run(tmp_path):
 
     for att, bleu in (("none", 9.5), ("bahdanau", 6.0), ("dot", 8.5), ("general", 5.0), ("concat", 7.0)):
         (tmp_path / "seq2seq" / f"small-{att}").mkdir(parents=True)
-        write_json(tmp_path / "seq2seq" / f"small-{att}" / "summary.json", run(bleu))
+        write_json(tmp_path / "seq2seq" / f"small-{att}" / "results.json", run(bleu))
     table, bar = compare_table(run(8.0), str(tmp_path), "small")
     assert bar["best_stage3"] == ("第 3 章 Luong dot GRU", 8.5) and not bar["passed"]  # no-attention is not a rival
     assert table.count("| 第 3 章") == 5
     # runs below stage 3's measured best (the tour trains only none and Bahdanau) do not lower the bar
     for att in ("dot", "general", "concat"):
-        (tmp_path / "seq2seq" / f"small-{att}" / "summary.json").unlink()
+        (tmp_path / "seq2seq" / f"small-{att}" / "results.json").unlink()
     table, bar = compare_table(run(7.0), str(tmp_path), "small")
     assert bar["best_stage3"] == STAGE3_MEASURED["small"] and not bar["passed"] and "7.77" in table
 

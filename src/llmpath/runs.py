@@ -159,22 +159,24 @@ def _attr(target: str) -> Any:
 
 
 def load_run(path: str | Path, device: torch.device | str = "cpu", which: str = "best",
-             dropout: float | None = None) -> Loaded:
+             dropout: float | None = None, hint: str = "") -> Loaded:
     """(model in eval mode, tokenizer or vocabulary, config) of a run folder, all read from its checkpoint.
 
     The checkpoint names its topic; the topic registry says which config class, model class and
-    tokenizer reader that topic uses. `dropout` replaces the run's own (e.g. 0 to finetune without it).
+    tokenizer reader that topic uses. `dropout` replaces the run's own (e.g. 0 to finetune without it);
+    `hint` is the command that would train the missing run.
     """
     from llmpath.topics import TOPICS
     from llmpath.train import load_checkpoint
 
     path = Path(path)
+    hint = hint or (f"llmpath {path.parent.name} train" if path.parent.name in TOPICS else "llmpath <topic> train")
     if not path.is_dir():
-        raise ConfigError(f"no run folder at {path}; train one first (llmpath <topic> train) or give --run=<folder>")
+        raise ConfigError(f"no trained model in {path}; train one first: {hint}")
     ckpt_path = path / "ckpt" / f"{which}.pt"
     if not ckpt_path.exists():
-        raise ConfigError(f"no trained model in {path} (no ckpt/{which}.pt); train it first, or resume it "
-                          f"with --train.resume")
+        raise ConfigError(f"no trained model in {path} (no ckpt/{which}.pt); train one first: {hint}, "
+                          f"or continue an interrupted one with --train.resume")
     ckpt = load_checkpoint(ckpt_path, map_location=device)
     topic = ckpt.get("topic")
     if topic not in TOPICS or not TOPICS[topic].model:

@@ -20,7 +20,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from llmpath.common import setup_logging, write_json
+from llmpath.common import markdown_table, setup_logging, write_json
 from llmpath.config import ConfigError, RunConfig, build_config, opt
 from llmpath.topics import TOPIC_LIST, Topic
 
@@ -98,9 +98,7 @@ SUMMARY_HEAD = ["stage", "topic", "metric", "value", "bar", "pass", "time (s)"]
 
 
 def summary_table(results: list[dict]) -> str:
-    lines = ["| " + " | ".join(SUMMARY_HEAD) + " |", "|" + "---|" * len(SUMMARY_HEAD)]
-    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(results)]
-    return "\n".join(lines)
+    return markdown_table(SUMMARY_HEAD, summary_rows(results), "l" * len(SUMMARY_HEAD))
 
 
 # ----------------------------------------------------------------------------- report

@@ -198,7 +198,9 @@ def sample(cfg: SampleRun) -> str:
         raise ConfigError(f"--temperature must be > 0, got {cfg.temperature}")
     run = cfg.run or run_path(for_cell(cfg, cfg.model.cell), TOPIC)
     device = get_device(cfg.device)
-    model, tok, _ = load_run(run, device)
+    hint = (f"llmpath rnn train --cell={cfg.model.cell}" + (" --level=word" if cfg.level == "word" else "")
+            + (f" --preset={cfg.preset}" if cfg.preset else ""))
+    model, tok, _ = load_run(run, device, hint=hint)
     torch.manual_seed(cfg.seed)
     prompt = torch.tensor([tok.encode(cfg.prompt)], device=device)
     if prompt.shape[1] == 0:

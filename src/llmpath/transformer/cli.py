@@ -97,7 +97,7 @@ def train(cfg: TransformerRun, fresh: bool = True) -> dict:
     m.src_vocab, m.tgt_vocab, m.max_len = len(data.src_vocab), len(data.tgt_vocab), max(m.max_len, cfg.max_len + 2)
     run = start_run(cfg, TOPIC, tokenizer=TranslationVocab.of(data), key=key)
     model = Transformer(m)
-    log.info(f"transformer {m.n_layer}+{m.n_layer} layers, {m.n_head} heads, d={m.n_embd} ({m.norm}-LN, "
+    log.info(f"transformer {m.enc_depth}+{m.dec_depth} layers, {m.n_head} heads, d={m.n_embd} ({m.norm}-LN, "
              f"{m.pos} positions): {count_params(model):,} parameters; {len(data.train)} train pairs; run folder {run.path}")
     batches = make_batches(data.train, data.src_vocab, data.tgt_vocab, cfg.train.batch_size, seed=cfg.seed)
     val = eval_batches(data.val, data.src_vocab, data.tgt_vocab, 128)

@@ -90,7 +90,7 @@ def structure_figure(model: Transformer) -> Figure:
     # encoder column
     box(0.5, 0.5, 3.5, 0.8, f"源语言 token（字）\n嵌入 × √{c.n_embd} + {c.pos} 位置编码", "#dde8f5")
     box(0.5, 2.2, 3.5, 3.6, "", "#f4f4f4")
-    ax.text(2.25, 5.5, f"编码器层 × {c.n_layer}（每层 {enc_layer:,} 参数）", ha="center", fontsize=9)
+    ax.text(2.25, 5.5, f"编码器层 × {c.enc_depth}（每层 {enc_layer:,} 参数）", ha="center", fontsize=9)
     box(0.8, 2.5, 2.9, 0.8, f"多头自注意力（{c.n_head} 头）\n{norm}", "#fbe3c8")
     box(0.8, 3.9, 2.9, 0.8, f"前馈 {c.n_embd}→{c.n_ff}→{c.n_embd}\n{norm}", "#d9efd9")
     box(0.5, 6.4, 3.5, 0.6, "LayerNorm → memory", "#eeeeee")
@@ -99,7 +99,7 @@ def structure_figure(model: Transformer) -> Figure:
     # decoder column
     box(5.5, 0.5, 4, 0.8, f"目标 token（右移一位）\n嵌入 × √{c.n_embd} + 位置编码", "#dde8f5")
     box(5.5, 2.2, 4, 5.0, "", "#f4f4f4")
-    ax.text(7.5, 6.9, f"解码器层 × {c.n_layer}（每层 {dec_layer:,} 参数）", ha="center", fontsize=9)
+    ax.text(7.5, 6.9, f"解码器层 × {c.dec_depth}（每层 {dec_layer:,} 参数）", ha="center", fontsize=9)
     box(5.8, 2.5, 3.4, 0.8, f"带因果掩码的自注意力\n{norm}", "#fbe3c8")
     box(5.8, 3.9, 3.4, 0.8, f"交叉注意力（K、V 来自 memory）\n{norm}", "#f5d0d0")
     box(5.8, 5.3, 3.4, 0.8, f"前馈 {c.n_embd}→{c.n_ff}→{c.n_embd}\n{norm}", "#d9efd9")

@@ -1,0 +1,73 @@
+"""Copy the tutorials' figures from finished run folders into docs/tutorials/figures/ (`make docs-figures`).
+
+llmpath never writes into the repository by itself: a run draws its figures into runs/<topic>/<name>/figures/,
+and this script copies the ones the tutorials show, under the names the tutorials use. Run the tour (or the
+commands below) first; a figure whose run is missing is listed and skipped.
+
+    python docs/figures.py                 # from runs/
+    python docs/figures.py --runs=/tmp/runs --dry-run
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent / "tutorials" / "figures"
+
+# tutorial figure name -> (figure in the run folder, the command that draws it)
+FIGURES: dict[str, tuple[str, str]] = {
+    "01_decision_boundary.png": ("mlp/small/figures/decision_boundary.png", "llmpath mlp train"),
+    "01_activations.png": ("mlp/small/figures/activations.png", "llmpath mlp train"),
+    "01_optimizers.png": ("mlp/small/figures/optimizers.png", "llmpath mlp train"),
+    "01_confusion_tweets.png": ("mlp/small/figures/confusion_tweets.png", "llmpath mlp train"),
+    "01_confusion_chinese-reviews.png": ("mlp/small/figures/confusion_chinese-reviews.png", "llmpath mlp train"),
+    "01_curves_tweets.png": ("mlp/small/figures/curves_tweets.png", "llmpath mlp train"),
+    "02_val_curves.png": ("rnn/small-compare/figures/val_curves.png", "llmpath rnn figures"),
+    "02_base_val_curves.png": ("rnn/base-compare/figures/val_curves.png", "llmpath rnn compare --preset=base --workers=2"),
+    "02_vanishing_gradients.png": ("rnn/small-compare/figures/vanishing_gradients.png", "llmpath rnn figures"),
+    "02_exploding_gradients.png": ("rnn/small-compare/figures/exploding_gradients.png", "llmpath rnn figures"),
+    "02_lstm_gates.png": ("rnn/small-compare/figures/lstm_gates.png", "llmpath rnn figures"),
+    "02_lstm_unit.png": ("rnn/small-compare/figures/lstm_unit.png", "llmpath rnn figures"),
+    "03_alignment_bahdanau.png": ("seq2seq/small-bahdanau/figures/alignment.png", "llmpath seq2seq compare && llmpath seq2seq figures"),
+    "03_alignment_general.png": ("seq2seq/small-general/figures/alignment.png", "llmpath seq2seq compare && llmpath seq2seq figures"),
+    "04_positional_encoding.png": ("transformer/small/figures/positional_encoding.png", "llmpath transformer figures"),
+    "04_structure.png": ("transformer/small/figures/structure.png", "llmpath transformer figures"),
+    "04_attn_encoder.png": ("transformer/small/figures/attn_encoder.png", "llmpath transformer figures"),
+    "04_attn_decoder_self.png": ("transformer/small/figures/attn_decoder_self.png", "llmpath transformer figures"),
+    "04_attn_cross.png": ("transformer/small/figures/attn_cross.png", "llmpath transformer figures"),
+    "05_gpt_small_curves.png": ("gpt/small/figures/curves.png", "llmpath gpt train"),
+}
+
+
+def copy_figures(runs: Path, docs: Path = DOCS, dry_run: bool = False) -> tuple[list[str], list[str]]:
+    """(copied, missing) tutorial figure names."""
+    copied, missing = [], []
+    for name, (src, command) in FIGURES.items():
+        path = runs / src
+        if not path.exists():
+            missing.append(f"{name}: no {path} (draw it with `{command}`)")
+            continue
+        if not dry_run:
+            docs.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, docs / name)
+        copied.append(name)
+    return copied, missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", default="runs", help="the runs folder to copy from (default: runs)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be copied, copy nothing")
+    args = p.parse_args(argv)
+    copied, missing = copy_figures(Path(args.runs), dry_run=args.dry_run)
+    print(f"{'would copy' if args.dry_run else 'copied'} {len(copied)} figure(s) to {DOCS}")
+    for m in missing:
+        print("  skipped " + m)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

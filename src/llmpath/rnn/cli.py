@@ -236,7 +236,7 @@ def compare(cfg: RNNRun, fresh: bool = False) -> dict:
         raise ConfigError(f"unknown cell '{bad[0]}' in --cells; choose from: {', '.join(CELL_ORDER)}")
     rows, todo = {}, []
     for cell in cells:
-        c = for_cell(cfg, cell)
+        c = for_cell(replace(cfg, model=replace(cfg.model, n_hidden=0)), cell)  # hidden size from the budget
         done = None if fresh else finished(c, TOPIC)
         if done:
             log.info(f"{cell}: reusing the finished run in {run_path(c, TOPIC)} (--fresh retrains)")

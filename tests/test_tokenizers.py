@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
+import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -50,6 +52,15 @@ def tok_en(english):
     return Tokenizer.train(english[:200_000], 1024)
 
 
+@pytest.fixture(scope="module")
+def tok_long(chinese):
+    """A vocabulary with merges inside long runs of Chinese, digits, spaces and "ab" (whose runs are all ties)."""
+    rng = random.Random(0)
+    digits = " ".join(str(rng.randrange(10 ** rng.randint(1, 30))) for _ in range(3000))
+    runs = "x".join(" " * rng.randint(1, 40) + "ab" * rng.randint(1, 40) for _ in range(1000))
+    return Tokenizer.train(chinese[:30_000] + digits + runs, 1500)
+
+
 def test_helpers_docstring_examples():
     assert get_stats([1, 2, 3, 1, 2]) == {(1, 2): 2, (2, 3): 1, (3, 1): 1}
     assert merge([1, 2, 3, 1, 2], (1, 2), 4) == [4, 3, 4]
@@ -81,6 +92,53 @@ def test_fast_and_naive_chunk_encoders_agree(tok_en, chinese):
     for chunk in tok_en._pat.findall(MIXED + chinese[:3000] + " disposition remembrance"):
         b = chunk.encode()
         assert bpe_encode(tok_en.mergeable_ranks, b) == bpe_encode_naive(tok_en.mergeable_ranks, b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_fast_and_naive_chunk_encoders_agree_on_runs_of_tokens(tok_long, data):
+    """Pieces glued from a few bytes and the vocabulary's merged tokens: many merges, many equal-rank pairs
+    ("000" holds the pair (0, 0) twice: the left one merges first)."""
+    merged = [t for t, r in tok_long.mergeable_ranks.items() if r >= 256]
+    parts = st.one_of(st.sampled_from([b"a", b"b", b" ", b"0", b"1", "你".encode(), "好".encode()]),
+                      st.sampled_from(merged))
+    piece = b"".join(data.draw(st.lists(parts, max_size=60)))
+    ids = bpe_encode(tok_long.mergeable_ranks, piece)
+    assert ids == bpe_encode_naive(tok_long.mergeable_ranks, piece)
+    assert tok_long.decode_bytes(ids) == piece
+
+
+def long_pieces(chinese: str) -> dict[str, str]:
+    """Texts that are one chunk for the GPT-2 regex, each thousands of bytes long."""
+    rng = random.Random(1)
+    return {"chinese": "".join(regex.findall(r"\p{Han}+", chinese[-100_000:]))[:4000],  # 12,000 bytes
+            "number": "".join(rng.choice("0123456789") for _ in range(5000)),
+            "spaces": " " * 12_000,
+            "ab": "ab" * 6000,
+            "ab-shifted": "a" + "ab" * 5999 + "b"}  # aabab...abb
+
+
+@pytest.mark.parametrize("case", ["chinese", "number", "spaces", "ab", "ab-shifted"])
+def test_long_pieces_equal_tiktoken(tok_long, chinese, case):
+    text = long_pieces(chinese)[case]
+    assert len(tok_long._pat.findall(text)) == 1  # one piece: the merge loop sees all of it at once
+    ids = tok_long.encode_ordinary(text)
+    assert ids == tok_long.to_tiktoken().encode_ordinary(text)
+    assert len(ids) < len(text.encode("utf-8")) / 2  # merges happened all along the piece
+
+
+@pytest.mark.parametrize("case", ["uniform", "tokens"])
+def test_long_random_bytes_equal_tiktoken(tok_long, case):
+    """Any bytes, merged as one piece without the regex (tiktoken's _encode_single_piece does the same)."""
+    rng = random.Random(2)
+    tokens = list(tok_long.mergeable_ranks)
+    if case == "uniform":
+        piece = bytes(rng.randrange(256) for _ in range(12_000))
+    else:
+        piece = b"".join(rng.choice(tokens) for _ in range(4000))
+    ids = bpe_encode(tok_long.mergeable_ranks, piece)
+    assert ids == tok_long.to_tiktoken()._encode_single_piece(piece)
+    assert tok_long.decode_bytes(ids) == piece
 
 
 @pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])

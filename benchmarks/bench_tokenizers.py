@@ -7,18 +7,23 @@ Training text: the first 1,000,000 characters of `shakespeare` (1.0 MB) and of t
 (chinese-reviews + hsk, ~2.9 MB of UTF-8). The naive loop recounts every pair each merge, so it is
 timed at equal merges in two ways, never extrapolated: the first --naive-merges merges on the full
 1 MB, and the whole 4k vocabulary on the first --naive-chars characters. Encoding is single-threaded
-on held-out text the tokenizer never saw; ours is timed with a cold and a warm chunk cache.
+on held-out text the tokenizer never saw; ours is timed with a cold and a warm chunk cache. Long pieces
+(one pre-tokenized chunk of ~12k bytes: Chinese without punctuation, a number, spaces, "abab...", random
+bytes) are timed apart, because a merge loop that rescans the piece per merge is quadratic in its length.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import time
 
+import regex
+
 from llmpath.data import load_text
-from llmpath.tokenizers import Tokenizer, train_fast, train_naive
+from llmpath.tokenizers import Tokenizer, bpe_encode, train_fast, train_naive
 from llmpath.tokenizers.bpe import pretokenize, train_from_counts
 from llmpath.tokenizers.compare import chinese_text, compare_with_hf, train_hf
 
@@ -74,10 +79,36 @@ def encoding(tok: Tokenizer, held: str, label: str, repeats: int) -> None:
     print(f"| ours, warm cache | {mb / t_warm:.1f} | {t_warm / t_tik:.1f}x |")
     print(f"| tiktoken encode (1 thread) | {mb / t_tik:.1f} | 1.0x |")
     print(f"| tiktoken encode_ordinary | {mb / t_ord:.1f} | - |")
-    import regex
-
     t_re, _ = timed(lambda: regex.findall(tok.pat_str, held), repeats)
     print(f"(the `regex` pre-tokenization alone: {mb / t_re:.1f} MB/s)")
+
+
+def long_pieces(tok_en: Tokenizer, tok_zh: Tokenizer, zh_held: str, repeats: int) -> None:
+    """Each text is one chunk for the GPT-2 regex. The Chinese vocabulary holds digit and space merges ('00', '200',
+    '    '), the English one 'ab': merges happen all along each piece."""
+    rng = random.Random(0)
+    han = "".join(regex.findall(r"\p{Han}+", zh_held))[:4000]  # 12,000 bytes of UTF-8
+    cases = [("Chinese, no punctuation", tok_zh, han),
+             ("a 5,000-digit number", tok_zh, "".join(rng.choice("0123456789") for _ in range(5000))),
+             ("12,000 spaces", tok_zh, " " * 12_000),
+             ('"ab" x 6,000', tok_en, "ab" * 6000)]
+    print("\n## encode, one long piece (cold cache; ids asserted equal to tiktoken's)")
+    print("| piece | bytes | ours ms | tiktoken ms | ours / tiktoken |\n|---|---|---|---|---|")
+    for label, tok, text in cases:
+        enc = tok.to_tiktoken()
+        t_ours, ids = timed(lambda: Tokenizer(tok.mergeable_ranks, tok.pattern).encode_ordinary(text), repeats)
+        t_tik, ref = timed(lambda: enc.encode_ordinary(text), repeats)
+        assert ids == ref, f"ours and tiktoken disagree on {label}"
+        print(f"| {label} | {len(text.encode('utf-8')):,} | {1e3 * t_ours:.1f} | {1e3 * t_tik:.2f} | "
+              f"{t_ours / t_tik:.0f}x |")
+    # random bytes are no text: both sides merge them as one piece, without the regex
+    piece = bytes(rng.randrange(256) for _ in range(12_000))
+    enc = tok_zh.to_tiktoken()
+    t_ours, ids = timed(lambda: bpe_encode(tok_zh.mergeable_ranks, piece), repeats)
+    t_tik, ref = timed(lambda: enc._encode_single_piece(piece), repeats)
+    assert ids == ref, "ours and tiktoken disagree on random bytes"
+    print(f"| random bytes (bpe_encode vs _encode_single_piece) | {len(piece):,} | {1e3 * t_ours:.1f} | "
+          f"{1e3 * t_tik:.2f} | {t_ours / t_tik:.0f}x |")
 
 
 def compression(en: str, en_held: str, zh: str, zh_held: str, sizes: list[int]) -> None:
@@ -108,8 +139,10 @@ def main() -> None:
     print(f"byte-level BPE benchmark; GPT-2 regex; {os.cpu_count()} CPU cores")
     training(en, "shakespeare", args.vocab, args.naive_merges, args.naive_chars, args.repeats)
     training(zh, "Chinese", args.vocab, args.naive_merges // 2, args.naive_chars // 4, args.repeats)
-    encoding(Tokenizer.train(en, args.vocab), en_held, "shakespeare", args.repeats)
-    encoding(Tokenizer.train(zh, args.vocab), zh_held, "Chinese", args.repeats)
+    tok_en, tok_zh = Tokenizer.train(en, args.vocab), Tokenizer.train(zh, args.vocab)
+    encoding(tok_en, en_held, "shakespeare", args.repeats)
+    encoding(tok_zh, zh_held, "Chinese", args.repeats)
+    long_pieces(tok_en, tok_zh, zh_held, args.repeats)
     compression(en, en_held[:500_000], zh, zh_held, [1024, 4096, 16384])
 
 

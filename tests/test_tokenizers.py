@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
+import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -50,6 +52,41 @@ def tok_en(english):
     return Tokenizer.train(english[:200_000], 1024)
 
 
+@pytest.fixture(scope="module")
+def enc_en(tok_en):
+    return tok_en.to_tiktoken()
+
+
+@pytest.fixture(scope="module")
+def tok_long(chinese):
+    """A vocabulary with merges inside long runs of Chinese, digits, spaces and "ab" (whose runs are all ties)."""
+    rng = random.Random(0)
+    digits = " ".join(str(rng.randrange(10 ** rng.randint(1, 30))) for _ in range(3000))
+    runs = "x".join(" " * rng.randint(1, 40) + "ab" * rng.randint(1, 40) for _ in range(1000))
+    return Tokenizer.train(chinese[:30_000] + digits + runs, 1500)
+
+
+def first_tokens(tok: Tokenizer, vocab_size: int) -> Tokenizer:
+    """tok cut to a smaller vocab_size: its first tokens and the same specials, as Tokenizer.train would give."""
+    n = vocab_size - len(tok.special_tokens)
+    ranks = {t: r for t, r in tok.mergeable_ranks.items() if r < n}
+    return Tokenizer(ranks, tok.pattern, {s: n + k for k, s in enumerate(tok.special_tokens)})
+
+
+@pytest.fixture(scope="module")
+def trained(english, chinese):
+    """(lang, pattern) -> the largest vocabulary the tiktoken tests use; smaller ones are first_tokens of it."""
+    cache = {}
+
+    def get(lang: str, pattern: str) -> Tokenizer:
+        if (lang, pattern) not in cache:
+            text = english[:300_000] if lang == "en" else chinese[:100_000]
+            cache[lang, pattern] = Tokenizer.train(text, 4096 if lang == "en" else 8000, pattern)
+        return cache[lang, pattern]
+
+    return get
+
+
 def test_helpers_docstring_examples():
     assert get_stats([1, 2, 3, 1, 2]) == {(1, 2): 2, (2, 3): 1, (3, 1): 1}
     assert merge([1, 2, 3, 1, 2], (1, 2), 4) == [4, 3, 4]
@@ -83,10 +120,67 @@ def test_fast_and_naive_chunk_encoders_agree(tok_en, chinese):
         assert bpe_encode(tok_en.mergeable_ranks, b) == bpe_encode_naive(tok_en.mergeable_ranks, b)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_fast_and_naive_chunk_encoders_agree_on_runs_of_tokens(tok_long, data):
+    """Pieces glued from a few bytes and the vocabulary's merged tokens: many merges, many equal-rank pairs
+    ("000" holds the pair (0, 0) twice: the left one merges first)."""
+    merged = [t for t, r in tok_long.mergeable_ranks.items() if r >= 256]
+    parts = st.one_of(st.sampled_from([b"a", b"b", b" ", b"0", b"1", "你".encode(), "好".encode()]),
+                      st.sampled_from(merged))
+    piece = b"".join(data.draw(st.lists(parts, max_size=60)))
+    ids = bpe_encode(tok_long.mergeable_ranks, piece)
+    assert ids == bpe_encode_naive(tok_long.mergeable_ranks, piece)
+    assert tok_long.decode_bytes(ids) == piece
+
+
+def long_pieces(chinese: str) -> dict[str, str]:
+    """Texts that are one chunk for the GPT-2 regex, each thousands of bytes long."""
+    rng = random.Random(1)
+    return {"chinese": "".join(regex.findall(r"\p{Han}+", chinese[-100_000:]))[:4000],  # 12,000 bytes
+            "number": "".join(rng.choice("0123456789") for _ in range(5000)),
+            "spaces": " " * 12_000,
+            "ab": "ab" * 6000,
+            "ab-shifted": "a" + "ab" * 5999 + "b"}  # aabab...abb
+
+
+@pytest.mark.parametrize("case", ["chinese", "number", "spaces", "ab", "ab-shifted"])
+def test_long_pieces_equal_tiktoken(tok_long, chinese, case):
+    text = long_pieces(chinese)[case]
+    assert len(tok_long._pat.findall(text)) == 1  # one piece: the merge loop sees all of it at once
+    ids = tok_long.encode_ordinary(text)
+    assert ids == tok_long.to_tiktoken().encode_ordinary(text)
+    assert len(ids) < len(text.encode("utf-8")) / 2  # merges happened all along the piece
+
+
+@pytest.mark.parametrize("case", ["uniform", "tokens"])
+def test_long_random_bytes_equal_tiktoken(tok_long, case):
+    """Any bytes, merged as one piece without the regex (tiktoken's _encode_single_piece does the same)."""
+    rng = random.Random(2)
+    tokens = list(tok_long.mergeable_ranks)
+    if case == "uniform":
+        piece = bytes(rng.randrange(256) for _ in range(12_000))
+    else:
+        piece = b"".join(rng.choice(tokens) for _ in range(4000))
+    ids = bpe_encode(tok_long.mergeable_ranks, piece)
+    assert ids == tok_long.to_tiktoken()._encode_single_piece(piece)
+    assert tok_long.decode_bytes(ids) == piece
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+def test_a_smaller_vocabulary_is_the_first_tokens_of_a_larger_one(pattern, english, chinese):
+    """Training is greedy, so first_tokens (used by the tiktoken tests below) gives what training at that size gives."""
+    text = english[:20_000] + chinese[:5_000]
+    small, large = Tokenizer.train(text, 300, pattern), Tokenizer.train(text, 700, pattern)
+    cut = first_tokens(large, 300)
+    assert cut.mergeable_ranks == small.mergeable_ranks and cut.special_tokens == small.special_tokens
+    assert len(large.mergeable_ranks) > len(small.mergeable_ranks)
+
+
 @pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
 @pytest.mark.parametrize("vocab_size", [300, 1000, 4096])
-def test_encode_equals_tiktoken_on_shakespeare(pattern, vocab_size, english):
-    tok = Tokenizer.train(english[:300_000], vocab_size, pattern)
+def test_encode_equals_tiktoken_on_shakespeare(pattern, vocab_size, english, trained):
+    tok = first_tokens(trained("en", pattern), vocab_size)  # trained on english[:300_000]
     held = english[300_000:1_300_000]  # 1M characters never seen in training
     same, n = same_as_tiktoken(tok, held)
     assert same, f"first differing token at index {n}"
@@ -95,9 +189,9 @@ def test_encode_equals_tiktoken_on_shakespeare(pattern, vocab_size, english):
 
 @pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
 @pytest.mark.parametrize("vocab_size", [300, 2000, 8000])
-def test_encode_equals_tiktoken_on_chinese(pattern, vocab_size, chinese):
-    tok = Tokenizer.train(chinese[:200_000], vocab_size, pattern)
-    held = chinese[200_000:500_000] + MIXED  # 300k characters never seen in training
+def test_encode_equals_tiktoken_on_chinese(pattern, vocab_size, chinese, trained):
+    tok = first_tokens(trained("zh", pattern), vocab_size)  # trained on chinese[:100_000]
+    held = chinese[100_000:250_000] + MIXED  # 150k characters never seen in training
     same, n = same_as_tiktoken(tok, held)
     assert same, f"first differing token at index {n}"
     assert tok.decode(tok.encode(held)) == held
@@ -105,31 +199,30 @@ def test_encode_equals_tiktoken_on_chinese(pattern, vocab_size, chinese):
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=200))
-def test_round_trip_and_tiktoken_on_any_string(tok_en, text):
+def test_round_trip_and_tiktoken_on_any_string(tok_en, enc_en, text):
     ids = tok_en.encode(text, disallowed_special=())
     assert tok_en.decode(ids) == text
-    assert ids == tok_en.to_tiktoken().encode(text, disallowed_special=())
+    assert ids == enc_en.encode(text, disallowed_special=())
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.one_of(st.text(max_size=30), st.sampled_from([ENDOFTEXT, *CHAT_TOKENS])), max_size=8))
-def test_special_tokens_inside_any_text(tok_en, parts):
+def test_special_tokens_inside_any_text(tok_en, enc_en, parts):
     text = "".join(parts)
     ids = tok_en.encode(text, allowed_special="all")
-    assert ids == tok_en.to_tiktoken().encode(text, allowed_special="all")
+    assert ids == enc_en.encode(text, allowed_special="all")
     assert tok_en.decode(ids) == text
 
 
-def test_special_token_policy_matches_tiktoken(tok_en):
-    enc = tok_en.to_tiktoken()
+def test_special_token_policy_matches_tiktoken(tok_en, enc_en):
     text = f"hi{ENDOFTEXT}<|im_start|>user\nyo<|im_end|>"
     with pytest.raises(SpecialTokenError, match="special token"):
         tok_en.encode(text)
     with pytest.raises(ValueError):
-        enc.encode(text)
+        enc_en.encode(text)
     for kw in [dict(allowed_special="all"), dict(disallowed_special=()), dict(allowed_special={ENDOFTEXT}, disallowed_special=()),
                dict(allowed_special={"<|im_start|>", "<|im_end|>"}, disallowed_special=())]:
-        assert tok_en.encode(text, **kw) == enc.encode(text, **kw), kw
+        assert tok_en.encode(text, **kw) == enc_en.encode(text, **kw), kw
     ids = tok_en.encode(text, allowed_special="all")
     assert tok_en.eot_token == tok_en.special_tokens[ENDOFTEXT] == 1021
     assert ids.count(1021) == 1 and tok_en.special_tokens["<|im_start|>"] in ids

@@ -1,10 +1,11 @@
-"""Copy the tutorials' figures from finished run folders into docs/tutorials/figures/ (`make docs-figures`).
+"""The tutorials' figures (`make docs-figures`): idea diagrams drawn anew, result figures copied from runs.
 
 llmpath never writes into the repository by itself: a run draws its figures into runs/<topic>/<name>/figures/,
 and this script copies the ones the tutorials show, under the names the tutorials use. Run the tour (or the
-commands below) first; a figure whose run is missing is listed and skipped.
+commands below) first; a figure whose run is missing is listed and skipped. Idea diagrams (an unrolled RNN,
+a causal mask) need no training: DIAGRAMS names the library function that draws each one.
 
-    python docs/figures.py                 # from runs/
+    python docs/figures.py                 # diagrams, then the run figures from runs/
     python docs/figures.py --runs=/tmp/runs --dry-run
 """
 
@@ -42,6 +43,36 @@ FIGURES: dict[str, tuple[str, str]] = {
 }
 
 
+# tutorial figure name -> "module:function" returning a matplotlib Figure (no training, no data needed)
+DIAGRAMS: dict[str, str] = {
+    # chapter 1
+
+    # chapter 2
+
+    # chapter 3
+
+    # chapter 4
+
+    # chapter 5a
+
+    # chapter 5
+
+}
+
+
+def draw_diagrams(docs: Path = DOCS, dry_run: bool = False) -> list[str]:
+    """Draw every idea diagram into docs/ (the figure names, in order)."""
+    import importlib
+
+    from llmpath.plotting import save_fig
+
+    for name, target in DIAGRAMS.items():
+        mod, fn = target.split(":")
+        if not dry_run:
+            save_fig(getattr(importlib.import_module(mod), fn)(), docs / name)
+    return list(DIAGRAMS)
+
+
 def copy_figures(runs: Path, docs: Path = DOCS, dry_run: bool = False) -> tuple[list[str], list[str]]:
     """(copied, missing) tutorial figure names."""
     copied, missing = [], []
@@ -62,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="runs", help="the runs folder to copy from (default: runs)")
     p.add_argument("--dry-run", action="store_true", help="list what would be copied, copy nothing")
     args = p.parse_args(argv)
+    drawn = draw_diagrams(dry_run=args.dry_run)
     copied, missing = copy_figures(Path(args.runs), dry_run=args.dry_run)
-    print(f"{'would copy' if args.dry_run else 'copied'} {len(copied)} figure(s) to {DOCS}")
+    print(f"{'would draw' if args.dry_run else 'drew'} {len(drawn)} diagram(s) and "
+          f"{'would copy' if args.dry_run else 'copied'} {len(copied)} run figure(s) into {DOCS}")
     for m in missing:
         print("  skipped " + m)
     return 0

@@ -156,10 +156,12 @@ def test_tiny_preset_trains_end_to_end_through_the_cli(tmp_path, capsys):
     stamp = (run / "results.json").stat().st_mtime_ns
     res = mlp_cli.tour("tiny", str(tmp_path))  # reuses the finished run: same comparable config
     assert res.table.count("\n") == 7 and len(res.figures) == 7 and (run / "results.json").stat().st_mtime_ns == stamp
-    assert main(["mlp", "train", "--preset=tiny", f"--out={tmp_path}", "--train.epochs=1"]) == 0
+    assert main(["mlp", "train", "--preset=tiny", f"--out={tmp_path}", "--train.epochs=1"]) == 2  # not unasked
+    assert (run / "results.json").stat().st_mtime_ns == stamp
+    assert main(["mlp", "train", "--preset=tiny", f"--out={tmp_path}", "--train.epochs=1", "--fresh"]) == 0
     assert json.loads((run / "results.json").read_text())["config"]["train"]["epochs"] == 1
-    res = mlp_cli.tour("tiny", str(tmp_path))  # the folder now holds another config: trained again
-    assert (run / "results.json").stat().st_mtime_ns != stamp
+    with pytest.raises(ConfigError, match="already holds a finished run .*--fresh to replace it"):
+        mlp_cli.tour("tiny", str(tmp_path))  # the folder now holds other options: the tour does not overwrite them
 
 
 @pytest.mark.slow

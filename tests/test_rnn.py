@@ -326,10 +326,13 @@ def test_compare_reuses_finished_runs(tiny_runs, capsys):
     assert main(["rnn", "compare", "--preset=tiny", f"--out={out}"]) == 0
     assert {c: p.stat().st_mtime_ns for c, p in ckpts.items()} == before  # nothing retrained
     assert "| LSTM (hidden" in capsys.readouterr().out
-    # a different lr for one cell is a different run: only that cell retrains
-    assert main(["rnn", "compare", "--preset=tiny", f"--out={out}", "--lr-by-cell=gru=1e-2"]) == 0
-    assert ckpts["gru"].stat().st_mtime_ns != before["gru"] and ckpts["rnn"].stat().st_mtime_ns == before["rnn"]
-    assert json.loads((ckpts["gru"].parent.parent / "results.json").read_text())["lr"] == 1e-2
+    # a different lr for one cell is a different run: the finished gru run is not overwritten unasked
+    assert main(["rnn", "compare", "--preset=tiny", f"--out={out}", "--lr-by-cell=gru=1e-2"]) == 2
+    assert "tiny-gru already holds a finished run (train.lr differ)" in capsys.readouterr().err
+    assert {c: p.stat().st_mtime_ns for c, p in ckpts.items()} == before
+    assert main(["rnn", "compare", "--preset=tiny", f"--out={out}", "--lr-by-cell=gru=1e-2", "--name=lr2"]) == 0
+    assert json.loads((out / "rnn" / "lr2-gru" / "results.json").read_text())["lr"] == 1e-2
+    assert {c: p.stat().st_mtime_ns for c, p in ckpts.items()} == before
 
 
 def test_compare_in_worker_processes_matches_one_process(tiny_runs, tmp_path):

@@ -89,9 +89,13 @@ def test_load_run_says_what_is_wrong_in_one_line(tmp_path):
         load_run(tmp_path / "rnn" / "empty")
     model = nn.Linear(2, 2)
     fit(model, lambda m, b: m(b).sum(), lambda i: torch.ones(1, 2), TrainConfig(max_steps=1, progress=False),
-        run_dir=tmp_path / "plain", evaluate=lambda m: {"val_loss": 1.0})
+        run_dir=tmp_path / "plain", evaluate=lambda m: {"val_loss": 1.0}, config={"width": 2})
     with pytest.raises(ConfigError, match="does not say which topic"):
         load_run(tmp_path / "plain")
+    fit(model, lambda m, b: m(b).sum(), lambda i: torch.ones(1, 2), TrainConfig(max_steps=1, progress=False),
+        run_dir=tmp_path / "bare", evaluate=lambda m: {"val_loss": 1.0})
+    with pytest.raises(ConfigError, match="is not an llmpath run checkpoint"):
+        load_run(tmp_path / "bare")
 
 
 def _linear_data():

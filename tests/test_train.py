@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import signal
 
 import pytest
 import torch
@@ -117,17 +118,31 @@ def test_nan_loss_stops_with_step(tmp_path):
         fit(make_model(), counting, batches, cfg(grad_accum=2), run_dir=tmp_path)
 
 
-def test_ctrl_c_saves_checkpoint(tmp_path):
-    def interrupt_at_5(i):
-        if i == 10:  # micro-step 10 = step 5 with grad_accum=2
-            raise KeyboardInterrupt
+def test_ctrl_c_saves_the_step_it_lands_in(tmp_path):
+    def interrupt_in_step_6(i):
+        if i == 11:  # micro-batch 11 = the second half of step 6 with grad_accum=2
+            os.kill(os.getpid(), signal.SIGINT)
         return batches(i)
 
     model = make_model()
     with pytest.raises(KeyboardInterrupt):
-        fit(model, loss_fn, interrupt_at_5, cfg(), run_dir=tmp_path)
+        fit(model, loss_fn, interrupt_in_step_6, cfg(grad_accum=2), run_dir=tmp_path)
     ckpt = load_weights(make_model(), tmp_path / "ckpt" / "last.pt")
-    assert ckpt["step"] == 5
+    assert ckpt["step"] == 6 and all(int(s["step"]) == 6 for s in ckpt["optimizer"]["state"].values())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in ckpt["model"].items())
+
+
+def test_an_exception_in_the_middle_of_a_step_saves_nothing_of_it(tmp_path):
+    """A KeyboardInterrupt that did not come through the handler (a second Ctrl-C) cuts a step short: the
+    half-done step must not be written, since its optimizer state and RNG streams are mixed."""
+    def interrupt_mid_step(i):
+        if i == 11:
+            raise KeyboardInterrupt
+        return batches(i)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(make_model(), loss_fn, interrupt_mid_step, cfg(grad_accum=2, ckpt_interval=4), run_dir=tmp_path)
+    assert load_checkpoint(tmp_path / "ckpt" / "last.pt")["step"] == 4  # the last whole checkpoint, untouched
 
 
 def test_lr_schedules():

@@ -6,6 +6,7 @@ The topics come from llmpath.topics (the one registry the tour and the doctor re
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from llmpath.config import Command, ConfigError, build_config, help_text
@@ -32,7 +33,13 @@ def _expected_errors() -> tuple[type, ...]:
     from llmpath.data.corpora import DataError
     from llmpath.train import TrainingError
 
-    return (ConfigError, DataError, TrainingError, FileNotFoundError)
+    return (ConfigError, DataError, TrainingError, OSError)
+
+
+def _message(e: BaseException) -> str:
+    """One line: an OSError whole ('[Errno 28] No space left on device: ...'), else its message."""
+    text = str(e) if isinstance(e, OSError) or not e.args else str(e.args[0])
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
 
 
 def run_topic(topic: str, argv: list[str]) -> int:
@@ -75,7 +82,11 @@ def list_all() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every error is one line and a non-zero exit (2: what you asked for cannot be done,
+    1: a bug, 130: Ctrl-C); --debug or LLMPATH_DEBUG=1 shows the traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("LLMPATH_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE + "\ntopics: " + ", ".join(TOPICS))
         return 0 if argv else EXIT_USAGE
@@ -94,13 +105,18 @@ def main(argv: list[str] | None = None) -> int:
         if head in TOPICS:
             return run_topic(head, rest)
         raise ConfigError(f"unknown topic or command '{head}'; choose one of: list, tour, doctor, {', '.join(TOPICS)}")
-    except _expected_errors() as e:
-        msg = e.args[0] if e.args else str(e)
-        print(f"error: {msg}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if debug:
+            raise
+        if isinstance(e, _expected_errors()):
+            print(f"error: {_message(e)}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"error: {type(e).__name__}: {_message(e)} (unexpected: please report it; --debug shows where)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

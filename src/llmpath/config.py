@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,13 +28,16 @@ class ConfigError(ValueError):
     """A bad option or preset; the message is one line a learner can act on."""
 
 
-def opt(default: Any, help: str = "", result: bool = True) -> Any:
-    """A dataclass field with a help string: `lr: float = opt(3e-4, "peak learning rate")`.
+def opt(default: Any, help: str = "", result: bool = True, min: float | None = None, max: float | None = None,
+        above: float | None = None, below: float | None = None) -> Any:
+    """A dataclass field with a help string and its range: `lr: float = opt(3e-4, "peak learning rate", above=0)`.
 
+    min/max are inclusive bounds, above/below exclusive ones; `check_config` tests them before any work.
     result=False marks an option that changes where or how fast a run goes, never what it learns
     (a name, a device, a progress bar): two runs that differ only in such options are the same run.
     """
-    meta = {"help": help, "result": result}
+    meta = {"help": help, "result": result,
+            "bounds": {k: v for k, v in (("min", min), ("max", max), ("above", above), ("below", below)) if v is not None}}
     if isinstance(default, (list, dict, set)) or dataclasses.is_dataclass(default):
         return field(default_factory=lambda: _copy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -52,24 +56,24 @@ def sub(cls: type, help: str = "") -> Any:
 class TrainConfig:
     """Options of the shared fit loop (llmpath.train.fit)."""
 
-    max_steps: int = opt(1000, "optimizer steps to train for")
-    epochs: int = opt(0, "train for this many passes over the data instead of max_steps (0 = use max_steps)")
-    batch_size: int = opt(32, "samples per micro-batch")
-    grad_accum: int = opt(1, "micro-batches per optimizer step (gradient accumulation)")
-    lr: float = opt(1e-3, "peak learning rate")
-    min_lr_ratio: float = opt(0.1, "final lr as a fraction of the peak (cosine/linear schedules)")
+    max_steps: int = opt(1000, "optimizer steps to train for", min=1)
+    epochs: int = opt(0, "train for this many passes over the data instead of max_steps (0 = use max_steps)", min=0)
+    batch_size: int = opt(32, "samples per micro-batch", min=1)
+    grad_accum: int = opt(1, "micro-batches per optimizer step (gradient accumulation)", min=1)
+    lr: float = opt(1e-3, "peak learning rate", above=0)
+    min_lr_ratio: float = opt(0.1, "final lr as a fraction of the peak (cosine/linear schedules)", min=0, max=1)
     schedule: Literal["cosine", "linear", "constant", "noam"] = opt("cosine", "lr schedule after warmup")
-    warmup_steps: int = opt(50, "linear warmup steps")
-    weight_decay: float = opt(0.01, "AdamW decoupled weight decay on matrices")
+    warmup_steps: int = opt(50, "linear warmup steps", min=0)
+    weight_decay: float = opt(0.01, "AdamW decoupled weight decay on matrices", min=0)
     decay_embeddings: bool = opt(False, "also decay embedding tables")
-    beta1: float = opt(0.9, "AdamW beta1")
-    beta2: float = opt(0.99, "AdamW beta2")
-    grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)")
-    eval_interval: int = opt(200, "evaluate every N steps (and at the end; 0 = only at the end)")
-    log_interval: int = opt(10, "write a train-loss line to metrics.jsonl every N steps")
-    ckpt_interval: int = opt(0, "save ckpt/last.pt every N steps (0 = at evals and the end)")
+    beta1: float = opt(0.9, "AdamW beta1", min=0, below=1)
+    beta2: float = opt(0.99, "AdamW beta2", min=0, below=1)
+    grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)", min=0)
+    eval_interval: int = opt(200, "evaluate every N steps (and at the end; 0 = only at the end)", min=0)
+    log_interval: int = opt(10, "write a train-loss line to metrics.jsonl every N steps", min=1)
+    ckpt_interval: int = opt(0, "save ckpt/last.pt every N steps (0 = at evals and the end)", min=0)
     resume: bool = opt(False, "continue from the run folder's ckpt/last.pt", result=False)
-    stop_at: int = opt(0, "stop early after this step, keeping the schedule of max_steps (0 = off)")
+    stop_at: int = opt(0, "stop early after this step, keeping the schedule of max_steps (0 = off)", min=0)
     compile: bool = opt(False, "torch.compile the model")
     # no fp16: without a GradScaler its small gradients underflow to zero; bf16 has fp32's range
     amp: Literal["auto", "off", "bf16"] = opt("auto", "mixed precision on GPU (auto: bf16 on CUDA, off on CPU)")
@@ -84,8 +88,10 @@ class RunConfig:
     preset: str = opt("", "preset to start from (see `llmpath list`)", result=False)
     out: str = opt("runs", "root folder for run outputs", result=False)
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps", result=False)
-    seed: int = opt(0, "random seed for python, numpy and torch")
-    threads: int = opt(0, "torch CPU threads (0 = leave torch's default)", result=False)
+    seed: int = opt(0, "random seed for python, numpy and torch", min=0, max=2**32 - 1)
+    threads: int = opt(0, "torch CPU threads (0 = leave torch's default)", result=False, min=0)
+    fresh: bool = opt(False, "train again where a run folder already holds a run (its results are replaced)",
+                      result=False)
 
 
 # ------------------------------------------------------------------ dict round trip
@@ -197,6 +203,42 @@ def set_path(cfg: Any, path: str, value: Any) -> None:
     setattr(obj, last, value)
 
 
+_RULES = (("min", ">=", lambda v, b: v >= b), ("max", "<=", lambda v, b: v <= b),
+          ("above", ">", lambda v, b: v > b), ("below", "<", lambda v, b: v < b))
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def check_config(cfg: Any) -> Any:
+    """Every option within its declared range, then each nested config's own `check()` (e.g. heads that
+    divide the width); the first problem is a ConfigError of one line. Returns cfg."""
+    for path, (_, f) in leaves(type(cfg)).items():
+        value = cfg
+        for p in path.split("."):
+            value = getattr(value, p)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{path}={value} is not a finite number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        for name, op, ok in _RULES:
+            bound = f.metadata.get("bounds", {}).get(name)
+            if bound is not None and not ok(value, bound):
+                raise ConfigError(f"--{path}={_fmt(value)} is out of range: it must be {op} {_fmt(bound)}")
+    _check_nested(cfg)
+    return cfg
+
+
+def _check_nested(obj: Any) -> None:
+    for f in dataclasses.fields(obj):
+        child = getattr(obj, f.name)
+        if dataclasses.is_dataclass(child):
+            _check_nested(child)
+    if hasattr(obj, "check"):
+        obj.check()
+
+
 def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
     """Set dotted keys (or unique leaf names) on a config, type-checked. Returns cfg."""
     paths = leaves(type(cfg))
@@ -269,7 +311,7 @@ def build_config(cls: type, argv: list[str], presets: dict[str, dict] | None = N
     apply_overrides(cfg, opts)
     if not getattr(cfg, "name", "x"):
         cfg.name = cfg.preset or "default"
-    return cfg
+    return check_config(cfg)
 
 
 def help_text(cls: type, presets: dict[str, dict] | None = None) -> str:

@@ -16,14 +16,22 @@ side by side is the results.json of one more folder (<name>-compare/, <name>-abl
     fit(model, loss_fn, batches, cfg.train, run=run, evaluate=...)
     run.finish({"val_loss": ...})                  # results.json
     model, tok, cfg = load_run("runs/rnn/small-lstm")
+
+Nothing finished is overwritten unasked: a folder that holds a finished run with the same options is
+reused (`reuse`), one with other options or an interrupted run is refused with a one-line error unless
+`--fresh` (start over) or `--train.resume` (continue) says what to do. One process writes a run folder
+at a time: `start_run` holds a lock on <folder>/.lock (the operating system drops it when the process ends,
+so a crash leaves no stale lock); a second writer gets one line naming the folder and the owner's pid.
 """
 
 from __future__ import annotations
 
+import atexit
 import copy
 import dataclasses
 import importlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -72,6 +80,87 @@ def finished(cfg: Any, topic: str) -> dict | None:
     return res
 
 
+def reuse(cfg: Any, topic: str) -> dict | None:
+    """The results of a finished run of `cfg`, to use instead of training again (None with --fresh or --train.resume)."""
+    if getattr(cfg, "fresh", False) or getattr(getattr(cfg, "train", None), "resume", False):
+        return None
+    done = finished(cfg, topic)
+    if done is not None:
+        log.info(f"{run_path(cfg, topic)} already holds this run, finished; using its results (--fresh trains again)")
+    return done
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts: {'train': {'lr': 1}} vs ... -> ['train.lr']"""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def check_folder(cfg: Any, path: Path, key: dict) -> None:
+    """Refuse, before any work, a folder that holds other work, unless --fresh or --train.resume asks for it."""
+    fresh = getattr(cfg, "fresh", False)
+    resume = getattr(getattr(cfg, "train", None), "resume", False)
+    last = path / "ckpt" / "last.pt"
+    if resume:
+        if not last.exists():
+            raise ConfigError(f"--train.resume but {path} has no ckpt/last.pt to continue from; "
+                              f"train without --train.resume")
+        return
+    if fresh:
+        return
+    results = path / "results.json"
+    if results.exists():
+        try:
+            old = read_json(results).get("config", {})
+        except (OSError, ValueError, AttributeError):
+            old = {}
+        what = ", ".join(_differences(old, key)[:4]) or "the same options"
+        raise ConfigError(f"{path} already holds a finished run ({what} differ); choose another --name, "
+                          f"or --fresh to replace it")
+    if last.exists():
+        raise ConfigError(f"{path} holds an interrupted run; continue it with --train.resume, "
+                          f"or --fresh to start over")
+
+
+_LOCKS: dict[Path, Any] = {}  # run folders this process holds: it may open the same one again
+
+
+@atexit.register
+def _release_all() -> None:
+    for path in list(_LOCKS):
+        unlock_folder(path)
+
+
+def lock_folder(path: Path) -> None:
+    """Take <path>/.lock for this process, or raise ConfigError naming the process that holds it."""
+    import fcntl
+
+    path = path.resolve()
+    if path in _LOCKS or int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 writes for all
+        return
+    f = open(path / ".lock", "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        owner = f.read().strip() or "unknown"
+        f.close()
+        raise ConfigError(f"{path} is being written by another llmpath process (pid {owner}); wait for it to "
+                          f"finish, or choose another --name") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    _LOCKS[path] = f
+
+
+def unlock_folder(path: Path) -> None:
+    f = _LOCKS.pop(Path(path).resolve(), None)
+    if f is not None:
+        f.close()  # closing the file drops the flock
+
+
 def variant(cfg: Any, tag: str, **overrides: Any) -> Any:
     """A deep copy of cfg with `overrides` (dotted keys or unique leaf names) in the run folder <name>-<tag>.
 
@@ -114,25 +203,32 @@ class Run:
             results["figures"] = [str(p) for p in results["figures"]]
         self.save_config()
         write_json(self.path / "results.json", results)
+        unlock_folder(self.path)
         return results
 
 
 def start_run(cfg: Any, topic: str, tokenizer: Any = None, key: dict | None = None) -> Run:
-    """Logging, seed, threads, device and the folder <out>/<topic>/<name>/figures for `cfg`.
+    """Logging, device, the folder <out>/<topic>/<name>/figures (checked and locked), seed and threads.
 
     `key` is the comparable config of the options as asked (default: cfg now); pass it when the
     topic has already filled in sizes, so that the same request is recognised next time.
     """
     setup_logging()
+    device = get_device(cfg.device)
+    key = key if key is not None else comparable_config(cfg)
+    path = run_path(cfg, topic)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path} is a file, not a run folder; choose another --name or --out")
+    check_folder(cfg, path, key)
+    path = open_folder(cfg, topic)
+    lock_folder(path)
+    check_folder(cfg, path, key)  # again, now that no other process can change the folder
+    if getattr(cfg, "fresh", False) and not getattr(getattr(cfg, "train", None), "resume", False):
+        for old in (path / "results.json", path / "ckpt" / "best.pt", path / "ckpt" / "last.pt"):
+            old.unlink(missing_ok=True)  # asked for: nothing of the replaced run can mix with the new one
     seed_everything(cfg.seed)
     set_threads(cfg.threads)
-    device = get_device(cfg.device)
-    path = run_path(cfg, topic)
-    try:
-        (path / "figures").mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create run folder {path}: {e.strerror}; choose another with --out") from None
-    return Run(topic, path, cfg, device, key if key is not None else comparable_config(cfg), tokenizer)
+    return Run(topic, path, cfg, device, key, tokenizer)
 
 
 def open_folder(cfg: Any, topic: str) -> Path:
@@ -141,7 +237,7 @@ def open_folder(cfg: Any, topic: str) -> Path:
     try:
         (path / "figures").mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ConfigError(f"cannot create run folder {path}: {e.strerror}; choose another with --out") from None
+        raise ConfigError(f"cannot create run folder {path}: {e.strerror or e}; choose another with --out") from None
     return path
 
 
@@ -159,12 +255,12 @@ def _attr(target: str) -> Any:
 
 
 def load_run(path: str | Path, device: torch.device | str = "cpu", which: str = "best",
-             dropout: float | None = None, hint: str = "") -> Loaded:
+             dropout: float | None = None, hint: str = "", topic: str = "") -> Loaded:
     """(model in eval mode, tokenizer or vocabulary, config) of a run folder, all read from its checkpoint.
 
     The checkpoint names its topic; the topic registry says which config class, model class and
     tokenizer reader that topic uses. `dropout` replaces the run's own (e.g. 0 to finetune without it);
-    `hint` is the command that would train the missing run.
+    `hint` is the command that would train the missing run; `topic`, when given, is the only topic accepted.
     """
     from llmpath.topics import TOPICS
     from llmpath.train import load_checkpoint
@@ -178,18 +274,23 @@ def load_run(path: str | Path, device: torch.device | str = "cpu", which: str = 
         raise ConfigError(f"no trained model in {path} (no ckpt/{which}.pt); train one first: {hint}, "
                           f"or continue an interrupted one with --train.resume")
     ckpt = load_checkpoint(ckpt_path, map_location=device)
-    topic = ckpt.get("topic")
-    if topic not in TOPICS or not TOPICS[topic].model:
+    written_by = ckpt.get("topic")
+    if "model" not in ckpt or "config" not in ckpt:
+        raise ConfigError(f"{ckpt_path} is not an llmpath run checkpoint (no model weights and config in it)")
+    if written_by not in TOPICS or not TOPICS[written_by].model:
         raise ConfigError(f"{ckpt_path} does not say which topic's model it holds (an older llmpath wrote it?); "
                           f"train it again")
-    t = TOPICS[topic]
+    if topic and written_by != topic:
+        raise ConfigError(f"{path} holds a {written_by} model, written by `llmpath {written_by} train`; "
+                          f"use it with llmpath {written_by} (this command needs a {topic} run)")
+    t = TOPICS[written_by]
     cfg = from_dict(_attr(t.config), ckpt["config"])
     if dropout is not None and hasattr(cfg.model, "dropout"):
         cfg.model.dropout = dropout
     model = _attr(t.model)(cfg.model)
     model.load_state_dict(ckpt["model"])
     tok = _attr(t.tokenizer)(ckpt["tokenizer"]) if t.tokenizer and ckpt.get("tokenizer") is not None else None
-    log.debug(f"loaded {topic} run {path} ({which}.pt, step {ckpt.get('step')})")
+    log.debug(f"loaded {written_by} run {path} ({which}.pt, step {ckpt.get('step')})")
     return Loaded(model.to(device).eval(), tok, cfg)
 
 

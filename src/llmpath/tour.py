@@ -44,7 +44,6 @@ class StageResult:
 class TourConfig(RunConfig):
     only: str = opt("", "comma-separated stage numbers or topics to run (default: all)")
     yes: bool = opt(False, "do not ask: run the chosen stages (non-interactive)")
-    fresh: bool = opt(False, "retrain even when a finished run exists")
 
 
 def _select(only: str) -> list[Topic]:

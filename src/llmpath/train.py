@@ -13,8 +13,12 @@ the weights (topic, resolved config, tokenizer), so that `load_run(folder)` can 
 
 It does AdamW (no decay on biases, norms and, unless asked, embeddings), warmup + cosine/linear/
 noam schedules, gradient clipping and accumulation, metrics.jsonl, atomic checkpoints `last.pt`
-and `best.pt` with model, optimizer, schedule step, RNG states and config, exact resume, a clear
-stop on a NaN/inf loss, and a checkpoint on Ctrl-C.
+and `best.pt` with model, optimizer, schedule step, RNG states and config, and exact resume.
+
+Nothing is lost: Ctrl-C is remembered and acted on at the end of the step (a checkpoint of a whole
+step, never a half-updated one; a second Ctrl-C stops at once without saving); a NaN/inf loss or
+gradient norm stops before the optimizer step, and no checkpoint with a non-finite weight is ever
+written, so `last.pt` stays the last good state and the message names it.
 
 Under torchrun (`init_distributed()` was called, world size W > 1) the same loop is data-parallel:
 the model is wrapped in DistributedDataParallel, every rank builds the same micro-batch `batches(i)`
@@ -29,6 +33,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -44,6 +50,10 @@ from llmpath.config import TrainConfig, to_dict
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message says where and what to try."""
+
+
+class CheckpointError(TrainingError):
+    """A checkpoint that cannot be read, or that belongs to another run; the message names the file."""
 
 
 @dataclass
@@ -142,11 +152,19 @@ def save_checkpoint(obj: dict, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
-    """Load a checkpoint with weights_only=True (no arbitrary code runs)."""
+    """Load a checkpoint with weights_only=True (no arbitrary code runs); a damaged file is one clear error."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}; train first (`llmpath <topic> train`)")
-    return torch.load(path, map_location=map_location, weights_only=True)
+        raise CheckpointError(f"no checkpoint at {path}; train first (`llmpath <topic> train`)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated, random bytes, a pickle with code in it: never a traceback
+        reason = str(e).strip().splitlines()[0][:80] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is damaged or not an llmpath checkpoint ({reason}); "
+                              f"delete it and train again") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"checkpoint {path} is not an llmpath checkpoint (it holds a {type(ckpt).__name__})")
+    return ckpt
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -270,8 +288,6 @@ def fit(
     meta: dict = {}
     if run is not None:  # a llmpath.runs.Run: its folder, device and checkpoint record
         run_dir, device, meta = run.path, device or run.device, run.meta()
-        if lead:
-            run.save_config()  # the resolved config, before the first step
     elif config is not None:
         meta = {"config": to_dict(config) if not isinstance(config, dict) else config}
     device = torch.device(device or "cpu")
@@ -285,10 +301,16 @@ def fit(
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
 
-    if cfg.resume and ckpt_dir is not None and (ckpt_dir / "last.pt").exists():
-        ckpt = load_checkpoint(ckpt_dir / "last.pt", map_location=device)
-        unwrap(model).load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+    if cfg.resume and ckpt_dir is None:
+        raise TrainingError("--train.resume needs a run folder to resume from")
+    if cfg.resume:
+        ckpt = _resume_checkpoint(ckpt_dir / "last.pt", meta, device)
+        try:
+            unwrap(model).load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError):
+            raise CheckpointError(f"{ckpt_dir / 'last.pt'} holds a model of another shape than these options build; "
+                                  f"resume with the options it was trained with (its config.json)") from None
         step, best = ckpt["step"], ckpt.get("best")
         _set_rng_state(ckpt["rng"])
         log.info(f"resumed from {ckpt_dir / 'last.pt'} at step {step}")
@@ -296,14 +318,24 @@ def fit(
             _truncate_metrics(metrics_path, step)
     elif metrics_path is not None and lead:
         metrics_path.write_text("")
+    if run is not None and lead:
+        run.save_config()  # the resolved config, once the resume (if any) has been checked
+    saved = step if cfg.resume else None  # step of the last good last.pt, named when training must stop
 
     def checkpoint(name: str, sync: bool = True) -> None:
+        nonlocal saved
         if ckpt_dir is None:
             return
         if lead:
+            bad = _non_finite(model)
+            if bad:  # never replace a good checkpoint with a broken one
+                raise TrainingError(f"{bad} weights became NaN or inf at step {step}; lower --train.lr (now {cfg.lr:g})"
+                                    f" or keep --train.grad_clip on; {_last_good(ckpt_dir, saved)}")
             save_checkpoint({"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
                              "scheduler": {"step": step, "schedule": cfg.schedule}, "step": step, "best": best,
                              "rng": _rng_state(), **meta}, ckpt_dir / f"{name}.pt")
+            if name == "last":
+                saved = step
         if sync:
             _barrier(world)  # no rank reads a checkpoint before rank 0 has written it
 
@@ -323,7 +355,9 @@ def fit(
     loss_ema, units, t_start, t_last = None, 0, time.time(), time.time()
     bar = _progress(cfg, end, step) if lead else None
     model.train()
+    stop = _StopFlag()
     try:
+        stop.__enter__()
         while step < end:
             lr = lr_at(step, cfg)
             for g in opt.param_groups:
@@ -339,20 +373,21 @@ def fit(
                     with _autocast(device, cfg.amp):
                         loss = loss_fn(train_model, batch)
                     if world == 1 and not torch.isfinite(loss):
-                        _nan_stop(loss.item(), step, cfg)
+                        _nan_stop("loss", loss.item(), step, cfg, _last_good(ckpt_dir, saved))
                     (loss / cfg.grad_accum).backward()
                 total += loss.item() / cfg.grad_accum
-            if world > 1:  # the mean loss over ranks: what one process at the same batch would log
+            stopping = stop.signum != 0
+            if world > 1:  # the mean loss over ranks, and whether any rank was interrupted: all act alike
                 import torch.distributed as dist
 
-                t = torch.tensor([total], device=device)
+                t = torch.tensor([total, float(stopping)], device=device)
                 dist.all_reduce(t)
-                total = t.item() / world
+                total, stopping = t[0].item() / world, t[1].item() > 0
                 if not math.isfinite(total):  # every rank sees it, so all stop together
-                    _nan_stop(total, step, cfg)
-            grad_norm = None
-            if cfg.grad_clip > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+                    _nan_stop("loss", total, step, cfg, _last_good(ckpt_dir, saved))
+            grad_norm = _grad_norm(model, cfg.grad_clip)
+            if not math.isfinite(grad_norm):  # the same on every rank (DDP averaged the gradients)
+                _nan_stop("gradient norm", grad_norm, step, cfg, _last_good(ckpt_dir, saved))
             opt.step()
             opt.zero_grad(set_to_none=True)
             step += 1
@@ -379,13 +414,21 @@ def fit(
                     checkpoint("best", sync=False)  # only rank 0 evaluates, so only it may wait here
             if is_eval or step == end or (cfg.ckpt_interval > 0 and step % cfg.ckpt_interval == 0):
                 checkpoint("last")
+            if stopping if world > 1 else stop.signum:  # Ctrl-C: a whole step is done; keep it and stop
+                if saved != step:
+                    checkpoint("last", sync=world > 1)
+                log.info(f"\ninterrupted at step {step}; checkpoint saved"
+                         + (f" to {ckpt_dir / 'last.pt'}; continue with --train.resume" if ckpt_dir else ""))
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
-        checkpoint("last", sync=False)
-        log.info(f"\ninterrupted at step {step}; checkpoint saved"
-                 + (f" to {ckpt_dir / 'last.pt'}; continue with --train.resume" if ckpt_dir else ""))
+        if saved != step:  # a second Ctrl-C (or one outside the main thread): the step was cut short
+            log.info(f"\nstopped in the middle of step {step + 1}; nothing of it was saved; "
+                     + _last_good(ckpt_dir, saved))
         raise
+    finally:
+        stop.__exit__()
     if bar is not None:
         bar.close()
     if evaluate is not None and best is None and ckpt_dir is not None and lead:
@@ -409,9 +452,66 @@ def _resolve_epochs(cfg: TrainConfig, batches: Any) -> TrainConfig:
     return replace(cfg, max_steps=max(1, cfg.epochs * per_epoch // cfg.grad_accum))
 
 
-def _nan_stop(value: float, step: int, cfg: TrainConfig) -> None:
-    raise TrainingError(f"loss became {value} at step {step + 1}; lower --train.lr "
-                        f"(now {cfg.lr:g}) or keep --train.grad_clip on; nothing was saved for this step")
+def _nan_stop(what: str, value: float, step: int, cfg: TrainConfig, last_good: str) -> None:
+    raise TrainingError(f"{what} became {value} at step {step + 1}; lower --train.lr (now {cfg.lr:g}) or keep "
+                        f"--train.grad_clip on; nothing of this step was saved; {last_good}")
+
+
+def _last_good(ckpt_dir: Path | None, step: int | None) -> str:
+    """Where a stopped run can be continued from, in words."""
+    if ckpt_dir is None or step is None:
+        return "no checkpoint was written yet"
+    return f"the last good checkpoint is {ckpt_dir / 'last.pt'} (step {step})"
+
+
+def _grad_norm(model: nn.Module, clip: float) -> float:
+    """The global gradient norm, after clipping it to `clip` when clip > 0."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if clip > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, clip))
+    return float(torch.nn.utils.get_total_norm([p.grad for p in params])) if params else 0.0
+
+
+def _non_finite(model: nn.Module) -> int:
+    """How many weights are NaN or inf (0 for a healthy model)."""
+    return sum(int((~torch.isfinite(p)).sum()) for p in unwrap(model).state_dict().values() if p.is_floating_point())
+
+
+def _resume_checkpoint(path: Path, meta: dict, device: Any) -> dict:
+    """last.pt of the run being resumed, checked to belong to it."""
+    if not path.exists():
+        raise CheckpointError(f"--train.resume but there is no {path}; train without --train.resume "
+                              f"(or name the interrupted run with --name)")
+    ckpt = load_checkpoint(path, map_location=device)
+    if not {"model", "optimizer", "step", "rng"} <= set(ckpt):
+        raise CheckpointError(f"{path} is not a training checkpoint of llmpath (no optimizer state to resume)")
+    if meta.get("topic") and ckpt.get("topic") not in (None, meta["topic"]):
+        raise CheckpointError(f"{path} was written by topic {ckpt['topic']}, not {meta['topic']}; "
+                              f"resume it with llmpath {ckpt['topic']} train --train.resume")
+    return ckpt
+
+
+class _StopFlag:
+    """While training: the first Ctrl-C (SIGINT) is remembered, to stop at the end of the step; a second
+    one raises KeyboardInterrupt at once. Only the main thread can install signal handlers."""
+
+    def __init__(self) -> None:
+        self.signum, self._old = 0, None
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
 
 
 def _progress(cfg: TrainConfig, total: int, initial: int):

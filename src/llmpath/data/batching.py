@@ -11,6 +11,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from llmpath.data.corpora import DataError
+
 
 def _rng(seed: int, i: int) -> np.random.Generator:
     return np.random.default_rng([seed, i])
@@ -25,8 +27,8 @@ class RandomWindows:
     def __init__(self, ids, block_size: int, batch_size: int, seed: int = 0):
         self.ids = torch.as_tensor(np.asarray(ids), dtype=torch.long)
         if len(self.ids) <= block_size + 1:
-            raise ValueError(f"text of {len(self.ids)} tokens is too short for block_size={block_size}; "
-                             "use more text or a smaller --model.block_size")
+            raise DataError(f"the training text has {len(self.ids)} tokens, too few for one window of "
+                            f"block_size={block_size}; use more text or a smaller --model.block_size")
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
 
     def __call__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +47,7 @@ class EpochBatches:
     def __init__(self, n: int, batch_size: int, collate: Callable[[np.ndarray], object], seed: int = 0,
                  drop_last: bool = True):
         if n <= 0:
-            raise ValueError("cannot batch an empty dataset")
+            raise DataError("the training split is empty; use more data")
         self.n, self.batch_size, self.collate, self.seed = n, min(batch_size, n), collate, seed
         self.per_epoch = self.n // self.batch_size if drop_last else -(-self.n // self.batch_size)
 

@@ -68,6 +68,8 @@ def _check_name(name: str, kind: str) -> None:
         raise DataError(f"unknown dataset '{name}'; choose one of: {', '.join(names(kind))}, or give a file path")
     if not Path(name).exists():
         raise DataError(f"data file '{name}' does not exist")
+    if Path(name).is_dir():
+        raise DataError(f"'{name}' is a folder; give a file (e.g. {name.rstrip('/')}/train.txt)")
 
 
 def names(kind: str | None = None) -> list[str]:
@@ -115,8 +117,23 @@ def _shakespeare_plays() -> tuple[tuple[str, str], ...]:
     return tuple((f.stem, markdown_play_to_text(f.read_text(encoding="utf-8"))) for f in files)
 
 
+def decode_utf8(raw: bytes, path: str) -> str:
+    """UTF-8 text of a file's bytes. Mostly undecodable (a binary file, another encoding): refused; a few bad
+    bytes: replaced by U+FFFD with a warning that counts them."""
+    text = raw.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
+    if raw and (bad > 0.1 * len(text) or b"\x00" in raw[:4096]):
+        raise DataError(f"'{path}' is not UTF-8 text ({bad:,} of {len(text):,} characters undecodable); "
+                        f"convert it to UTF-8 first (e.g. iconv -f GBK -t UTF-8)")
+    if bad:
+        import logging
+
+        logging.getLogger("llmpath").warning(f"warning: {bad:,} bytes of '{path}' are not UTF-8; read as U+FFFD")
+    return text
+
+
 def _read_text_file(path: str) -> str:
-    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    text = decode_utf8(Path(path).read_bytes(), path)
     if not text.strip():
         raise DataError(f"data file '{path}' is empty")
     return text
@@ -199,7 +216,7 @@ def _labeled(pairs: list[tuple[str, str]], source: str) -> LabeledTexts:
 def _rows_from_file(path: str) -> list[dict[str, str]]:
     """Rows of a .csv/.tsv/.jsonl file as dicts of strings."""
     suffix = Path(path).suffix
-    raw = Path(path).read_bytes().decode("utf-8", errors="replace")
+    raw = decode_utf8(Path(path).read_bytes(), path)
     if suffix == ".jsonl":
         rows = []
         for i, line in enumerate(raw.splitlines(), 1):

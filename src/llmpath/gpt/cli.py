@@ -31,7 +31,7 @@ from llmpath.gpt.generate import beam_search, generate, stream
 from llmpath.gpt.hf import from_hf, local_folder, to_hf
 from llmpath.gpt.model import GPT, MODEL_PRESETS, GPTConfig
 from llmpath.plotting import save_fig, training_curves
-from llmpath.runs import comparable_config, finished, load_run, open_folder, run_path, start_run, sub_config
+from llmpath.runs import comparable_config, load_run, open_folder, reuse, run_path, start_run, sub_config
 from llmpath.tour import StageResult
 from llmpath.train import dist_info, fit, init_distributed, read_metrics
 
@@ -43,10 +43,10 @@ CHAR_TOKENIZER = "llmpath_tokenizer.json"  # not tokenizer.json: that name is Hu
 class GPTRun(RunConfig):
     data: str = opt("shakespeare", "text corpus: a built-in name, a .txt path, or a pairs set (its English side)")
     tokenizer: Literal["char", "bpe"] = opt("char", "char: one token per character; bpe: byte-level BPE")
-    bpe_vocab_size: int = opt(1024, "bpe: vocabulary size to train")
+    bpe_vocab_size: int = opt(1024, "bpe: vocabulary size to train", min=257)
     init_from: str = opt("", "start from a run folder (runs/gpt/small) or a GPT-2 folder/hub name; '' = scratch")
-    eval_tokens: int = opt(65_536, "score the first N val tokens at every evaluation")
-    sample_tokens: int = opt(300, "length of the sample written at the end of training")
+    eval_tokens: int = opt(65_536, "score the first N val tokens at every evaluation", min=1)
+    sample_tokens: int = opt(300, "length of the sample written at the end of training", min=0)
     model: GPTConfig = sub(GPTConfig)
     train: TrainConfig = sub(TrainConfig)
 
@@ -78,7 +78,7 @@ def load_any(src: str, device: torch.device | str = "cpu", dropout: float = 0.0)
     """(model, tokenizer): a run folder of ours, a GPT-2 folder (config.json + model.safetensors) or a hub name."""
     path = Path(src)
     if (path / "ckpt").is_dir():
-        model, tok, _ = load_run(path, device, dropout=dropout)
+        model, tok, _ = load_run(path, device, dropout=dropout, topic=TOPIC)
         return model, tok
     if path.exists() and not (path / "config.json").exists():
         raise ConfigError(f"'{src}' is neither a run folder (with ckpt/) nor a GPT-2 folder (with config.json)")
@@ -96,6 +96,8 @@ def load_any(src: str, device: torch.device | str = "cpu", dropout: float = 0.0)
 def train(cfg: GPTRun) -> dict:
     """Pretrain (or continue training) a GPT on a text corpus with the shared fit loop."""
     setup_logging()
+    if (done := reuse(cfg, TOPIC)) is not None:
+        return done
     init_model = None
     key = comparable_config(cfg)  # as asked: the vocabulary (or a loaded model's shape) is filled in below
     text = lm_text(cfg.data)
@@ -107,6 +109,7 @@ def train(cfg: GPTRun) -> dict:
         cfg = replace(cfg, model=replace(cfg.model, vocab_size=tok.vocab_size))
     train_text, val_text, _ = split_text(text)
     train_ids, val_ids = encode_known(tok, train_text), encode_known(tok, val_text)[: cfg.eval_tokens + 1]
+    batches = RandomWindows(train_ids, cfg.model.block_size, cfg.train.batch_size, seed=cfg.seed)  # checks the length
     run = start_run(cfg, TOPIC, tokenizer=tok, key=key)
     device = init_distributed(run.device)
     rank, world = dist_info()
@@ -123,7 +126,6 @@ def train(cfg: GPTRun) -> dict:
     if cfg.init_from and rank == 0:  # finetuning: keep the starting point for the before/after table
         model.eval()
         before = {"val_loss": evaluate(model)["val_loss"], "sample": _sample(model, tok, cfg)}
-    batches = RandomWindows(train_ids, block, cfg.train.batch_size, seed=cfg.seed)
     res = fit(model, lm_loss, batches, cfg.train, run=run, device=device, unit="tokens", evaluate=evaluate)
     if rank != 0:
         return {}
@@ -143,8 +145,12 @@ def train(cfg: GPTRun) -> dict:
 
 
 def _sample(model: GPT, tok, cfg: GPTRun) -> str:
-    """A fixed-seed sample from a newline prompt (temperature 0.8, top-k 50)."""
-    prompt = tok.encode("\n")
+    """A fixed-seed sample from a newline prompt, or the first character of the text when it has no newline
+    (temperature 0.8, top-k 50)."""
+    try:
+        prompt = tok.encode("\n")
+    except ValueError:  # a character vocabulary without "\n"
+        prompt = [0]
     g = torch.Generator(device=next(model.parameters()).device).manual_seed(cfg.seed)
     ids = generate(model, prompt, cfg.sample_tokens, temperature=0.8, top_k=50, generator=g)
     return tok.decode(ids[0, len(prompt):].tolist())
@@ -158,13 +164,13 @@ class SampleRun(GPTRun):
 
     run: str = opt("", "run folder, GPT-2 folder or hub name to load (default: <out>/gpt/<name or preset>)")
     prompt: str = opt("ROMEO:", "text to continue")
-    max_new_tokens: int = opt(300, "tokens to generate")
-    temperature: float = opt(0.8, "softmax temperature (0 = greedy)")
-    top_k: int = opt(0, "sample among the k most likely tokens (0 = all)")
-    top_p: float = opt(1.0, "sample among the most likely tokens whose probability adds up to p (1 = all)")
-    repetition_penalty: float = opt(1.0, "> 1 makes tokens already in the text less likely")
+    max_new_tokens: int = opt(300, "tokens to generate", min=0)
+    temperature: float = opt(0.8, "softmax temperature (0 = greedy)", min=0)
+    top_k: int = opt(0, "sample among the k most likely tokens (0 = all)", min=0)
+    top_p: float = opt(1.0, "sample among the most likely tokens whose probability adds up to p (1 = all)", above=0, max=1)
+    repetition_penalty: float = opt(1.0, "> 1 makes tokens already in the text less likely", above=0)
     greedy: bool = opt(False, "always take the most likely token")
-    num_beams: int = opt(1, "beam search with this many beams (> 1: deterministic, ignores sampling options)")
+    num_beams: int = opt(1, "beam search with this many beams (> 1: deterministic, ignores sampling options)", min=1)
     stop: str = opt("", "comma-separated stop strings, each one token (e.g. '\\n' or <|endoftext|>)")
     stream: bool = opt(False, "print tokens as they are generated")
     use_cache: bool = opt(True, "keep keys/values between steps (KV cache)")
@@ -304,10 +310,10 @@ class ClassifyRun(GPTRun):
     task: str = opt("tweets", "classification data: tweets, chinese-reviews or a .csv/.jsonl path")
     pretrained: str = opt("", "pretrained run or GPT-2 folder (default: <out>/gpt/<preset>)")
     scratch: bool = opt(True, "also train the same model from random weights, for the comparison")
-    max_len: int = opt(0, "tokens kept per text (0 = the model's block_size)")
-    clf_steps: int = opt(400, "optimizer steps of each finetuning run")
-    clf_lr: float = opt(1e-3, "peak learning rate for finetuning")
-    clf_batch_size: int = opt(32, "texts per batch")
+    max_len: int = opt(0, "tokens kept per text (0 = the model's block_size)", min=0)
+    clf_steps: int = opt(400, "optimizer steps of each finetuning run", min=1)
+    clf_lr: float = opt(1e-3, "peak learning rate for finetuning", above=0)
+    clf_batch_size: int = opt(32, "texts per batch", min=1)
 
 
 def _clf_train_cfg(cfg: ClassifyRun) -> TrainConfig:
@@ -330,6 +336,9 @@ def classify(cfg: ClassifyRun) -> dict:
     for init in ["pretrained"] + (["scratch"] if cfg.scratch else []):
         c = replace(cfg, name=f"{cfg.name or cfg.preset}-{Path(cfg.task).stem}-{init}", model=replace(pre.cfg),
                     train=_clf_train_cfg(cfg))
+        if (done := reuse(c, TOPIC)) is not None:
+            rows[init] = done
+            continue
         run = start_run(c, TOPIC)
         run.save_config()
         torch.manual_seed(cfg.seed)
@@ -345,10 +354,10 @@ def classify(cfg: ClassifyRun) -> dict:
         res = fit(model, classify_loss, batches, c.train, run_dir=run.path, device=run.device, config=c,
                   evaluate=evaluate, best_metric="val_acc", best_mode="max", restore_best=True)
         pred = predict(model, test_seqs)
-        rows[init] = {"test_acc": float((pred == data.labels[te]).mean()),
-                      "test_macro_f1": float(f1_score(data.labels[te], pred, average="macro")),
-                      "val_acc": res.best, "steps": res.step, "seconds": round(res.seconds, 1),
-                      "params": count_params(model)}
+        rows[init] = run.finish({"test_acc": float((pred == data.labels[te]).mean()),
+                                 "test_macro_f1": float(f1_score(data.labels[te], pred, average="macro")),
+                                 "val_acc": res.best, "steps": res.step, "seconds": round(res.seconds, 1),
+                                 "params": count_params(model)})
         log.info(f"{init}: test accuracy {rows[init]['test_acc']:.4f}, macro-F1 {rows[init]['test_macro_f1']:.4f}")
     result = {"task": cfg.task, "pretrained_from": src, "labels": data.label_names, "test_size": len(te),
               "majority_acc": float(np.bincount(data.labels[te]).max() / len(te)), "rows": rows}
@@ -371,8 +380,8 @@ def classify_table(result: dict) -> str:
 class FinetuneRun(GPTRun):
     target: str = opt("hsk-pairs", "second-domain text (a pairs set gives its English side)")
     pretrained: str = opt("", "pretrained run folder (default: <out>/gpt/<preset>)")
-    ft_steps: int = opt(300, "optimizer steps of finetuning")
-    ft_lr: float = opt(1e-3, "peak learning rate for finetuning")
+    ft_steps: int = opt(300, "optimizer steps of finetuning", min=1)
+    ft_lr: float = opt(1e-3, "peak learning rate for finetuning", above=0)
 
 
 def finetune(cfg: FinetuneRun) -> dict:
@@ -444,8 +453,8 @@ def strategies(cfg: SampleRun, n_samples: int = 4, length: int = 200) -> str:
 
 def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> StageResult:
     """Stage 5 of `llmpath tour`: pretrain the preset on Shakespeare, sample, time the KV cache."""
-    cfg = build_config(GPTRun, [f"--preset={preset}", f"--out={out}"], PRESETS)
-    summary = (None if fresh else finished(cfg, TOPIC)) or train(cfg)
+    cfg = build_config(GPTRun, [f"--preset={preset}", f"--out={out}", f"--fresh={fresh}"], PRESETS)
+    summary = train(cfg)
     model, tok, _ = load_run(run_path(cfg, TOPIC))
     speed = cache_speed(model, tok, n=min(200, model.cfg.block_size - 2))
     val = summary["val_loss"]

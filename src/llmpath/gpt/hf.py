@@ -148,13 +148,21 @@ def local_folder(name_or_dir: str) -> Path:
     path = Path(name_or_dir)
     if path.exists():
         return path
+    local = name_or_dir.startswith((".", "/", "~")) or name_or_dir.count("/") > 1 or "\\" in name_or_dir
+    if local or path.parts[0] == "runs" or (path.parent != Path(".") and path.parent.is_dir()):  # a typo, not a hub repo
+        raise FileNotFoundError(f"no folder at {name_or_dir}; give a run folder (runs/gpt/<name>) or a GPT-2 folder")
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise FileNotFoundError(f"'{name_or_dir}' is not a folder and huggingface_hub is not installed "
                                 "to fetch it; `pip install huggingface_hub`, or give a local folder") from None
-    return Path(snapshot_download(name_or_dir, allow_patterns=["config.json", "model.safetensors", "vocab.json",
-                                                               "merges.txt"]))
+    try:  # the user asked for a hub model by name: the one download llmpath makes, and only when asked
+        return Path(snapshot_download(name_or_dir, allow_patterns=["config.json", "model.safetensors", "vocab.json",
+                                                                   "merges.txt"]))
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0][:100] if str(e).strip() else type(e).__name__
+        raise FileNotFoundError(f"'{name_or_dir}' is no folder here and could not be fetched from the Hugging Face "
+                                f"hub ({reason}); give a run folder or a GPT-2 folder") from None
 
 
 def from_pretrained(name_or_dir: str, dropout: float = 0.0, sdpa: bool = True) -> GPT:

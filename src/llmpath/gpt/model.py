@@ -23,21 +23,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llmpath.config import opt
+from llmpath.config import ConfigError, opt
 from llmpath.transformer.attention import scaled_dot_product_attention
 
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = opt(0, "vocabulary size (set from the tokenizer when 0)")
-    block_size: int = opt(256, "context length: the most tokens the model attends over")
-    n_layer: int = opt(6, "Transformer blocks")
-    n_head: int = opt(6, "attention heads per block")
-    n_embd: int = opt(384, "width of the residual stream")
-    dropout: float = opt(0.0, "dropout on embeddings, attention weights and residual branches")
+    vocab_size: int = opt(0, "vocabulary size (set from the tokenizer when 0)", min=0)
+    block_size: int = opt(256, "context length: the most tokens the model attends over", min=1)
+    n_layer: int = opt(6, "Transformer blocks", min=1)
+    n_head: int = opt(6, "attention heads per block", min=1)
+    n_embd: int = opt(384, "width of the residual stream", min=1)
+    dropout: float = opt(0.0, "dropout on embeddings, attention weights and residual branches", min=0, below=1)
     bias: bool = opt(True, "biases in linear layers and LayerNorms (GPT-2 has them)")
     sdpa: bool = opt(True, "attention through F.scaled_dot_product_attention (fast path); false = hand-written")
-    layer_norm_eps: float = opt(1e-5, "LayerNorm epsilon (GPT-2: 1e-5)")
+    layer_norm_eps: float = opt(1e-5, "LayerNorm epsilon (GPT-2: 1e-5)", above=0)
+
+    def check(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"--n_head={self.n_head} does not divide --n_embd={self.n_embd}; each head gets "
+                              f"n_embd / n_head dimensions")
 
 
 # Model shapes. `small` trains on two CPU cores in a couple of minutes; `gpt2` is the 124M model.

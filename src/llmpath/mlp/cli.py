@@ -27,7 +27,7 @@ from llmpath.mlp.features import Features, build_features
 from llmpath.mlp.model import TorchMLP, classification_loss, predict_logits, sparse_rows_to_tensor
 from llmpath.mlp.numpy_mlp import MLP, make_optimizer, train_numpy
 from llmpath.plotting import confusion_matrix, save_fig, training_curves
-from llmpath.runs import finished, run_path, start_run
+from llmpath.runs import open_folder, reuse, run_path, start_run
 from llmpath.tour import StageResult
 from llmpath.train import fit, load_weights, read_metrics
 
@@ -38,20 +38,20 @@ MODELS = ("baseline", "numpy_mlp", "torch_mlp")
 @dataclass
 class MLPRun(RunConfig):
     data: str = opt("tweets,chinese-reviews", "comma-separated datasets (built-in names or .csv/.jsonl with text,label)")
-    max_features: int = opt(20000, "TF-IDF vocabulary size (most frequent n-grams of the train split)")
-    ngram_max: int = opt(2, "n-grams 1..N: words for English, characters for Chinese")
-    max_train: int = opt(0, "use a seeded random N of the training texts (0 = all)")
-    hidden: int = opt(64, "hidden units of the one hidden layer")
+    max_features: int = opt(20000, "TF-IDF vocabulary size (most frequent n-grams of the train split)", min=1)
+    ngram_max: int = opt(2, "n-grams 1..N: words for English, characters for Chinese", min=1)
+    max_train: int = opt(0, "use a seeded random N of the training texts (0 = all)", min=0)
+    hidden: int = opt(64, "hidden units of the one hidden layer", min=1)
     activation: Literal["relu", "tanh", "sigmoid", "gelu"] = opt("relu", "hidden activation")
-    dropout: float = opt(0.3, "dropout after the hidden layer (both MLPs)")
-    batch: int = opt(64, "NumPy MLP mini-batch size")
+    dropout: float = opt(0.3, "dropout after the hidden layer (both MLPs)", min=0, below=1)
+    batch: int = opt(64, "NumPy MLP mini-batch size", min=1)
     optimizer: Literal["sgd", "momentum", "adam"] = opt("adam", "NumPy MLP optimizer")
-    np_lr: float = opt(1e-3, "NumPy MLP learning rate")
-    np_weight_decay: float = opt(0.0, "NumPy MLP L2 penalty on weights")
+    np_lr: float = opt(1e-3, "NumPy MLP learning rate", above=0)
+    np_weight_decay: float = opt(0.0, "NumPy MLP L2 penalty on weights", min=0)
     baseline_c: str = opt("1,2,4", "LogisticRegression C values; the best on val is used")
     figures: bool = opt(True, "train: also draw the intuition figures (llmpath mlp plot)")
-    boundary_epochs: int = opt(150, "plot: epochs of the 2-D decision-boundary models")
-    opt_steps: int = opt(300, "plot: steps of the optimizer comparison")
+    boundary_epochs: int = opt(150, "plot: epochs of the 2-D decision-boundary models", min=1)
+    opt_steps: int = opt(300, "plot: steps of the optimizer comparison", min=1)
     # train.epochs: passes over the train split for both MLPs (the best epoch on val is kept)
     train: TrainConfig = opt(TrainConfig(epochs=3), "the torch MLP's fit loop; epochs and batch size serve both MLPs")
 
@@ -162,6 +162,9 @@ def train(cfg: MLPRun) -> dict:
 
 
 def _train(cfg: MLPRun) -> dict:
+    if (done := reuse(cfg, TOPIC)) is not None:
+        print(results_table(done))
+        return done
     run_ = start_run(cfg, TOPIC)
     run, device = run_.path, run_.device
     t_all = time.time()
@@ -245,7 +248,7 @@ def evaluate(cfg: MLPRun) -> dict:
 def plot(cfg: MLPRun, run: Path | None = None) -> dict:
     """Decision boundaries (two-moons, XOR), activations and derivatives, SGD vs momentum vs Adam."""
     if run is None:
-        run = start_run(cfg, TOPIC).path
+        run = open_folder(cfg, TOPIC)
     name = datasets(cfg)[0]
     f = features_for(cfg, name)
     # a random 4000 of train (the split is sorted by index and the files by label)
@@ -263,8 +266,8 @@ def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> Stage
     """Stage 1 of `llmpath tour`: the three models on both datasets, the table, the figures."""
     from llmpath.config import build_config
 
-    cfg = build_config(MLPRun, [f"--preset={preset}", f"--out={out}"], PRESETS)
-    res = (None if fresh else finished(cfg, TOPIC)) or train(cfg)
+    cfg = build_config(MLPRun, [f"--preset={preset}", f"--out={out}", f"--fresh={fresh}"], PRESETS)
+    res = train(cfg)
     worst = min(min(r[m]["test"]["accuracy"] - r["baseline"]["test"]["accuracy"] for m in ("numpy_mlp", "torch_mlp"))
                 for r in res["datasets"].values())
     return StageResult("worst MLP - baseline test accuracy (points)", round(100 * worst, 2),

@@ -24,7 +24,7 @@ from llmpath.plotting import bar_table, plt, save_fig, training_curves
 from llmpath.rnn.lm import CharRNN, LMConfig, hidden_for_budget, lm_loss, perplexity, stream_nll
 from llmpath.rnn.ngram import NGram, bits, max_order
 from llmpath.rnn.words import WordTokenizer
-from llmpath.runs import comparable_config, finished, load_run, open_folder, run_path, start_run, variant
+from llmpath.runs import comparable_config, load_run, open_folder, reuse, run_path, start_run, variant
 from llmpath.tour import StageResult
 from llmpath.train import fit, read_metrics
 
@@ -36,15 +36,15 @@ CELL_ORDER = ("rnn", "gru", "lstm")
 class RNNRun(RunConfig):
     data: str = opt("shakespeare", "text corpus: a built-in name (llmpath list) or a .txt path")
     level: Literal["char", "word"] = opt("char", "tokens are characters or words")
-    vocab_cap: int = opt(5000, "word level: keep this many most frequent words; the rest become <unk>")
-    eval_tokens: int = opt(100_000, "score the first N tokens of the val split (0 = all of it)")
+    vocab_cap: int = opt(5000, "word level: keep this many most frequent words; the rest become <unk>", min=2)
+    eval_tokens: int = opt(100_000, "score the first N tokens of the val split (0 = all of it)", min=0)
     # result=False: a cell's run depends on them only through train.lr and model.cell, which are compared
-    ngram_max_order: int = opt(8, "compare: try n-gram orders 1..N and keep the best on val", result=False)
+    ngram_max_order: int = opt(8, "compare: try n-gram orders 1..N and keep the best on val", result=False, min=1)
     cells: str = opt("rnn,gru,lstm", "compare: the cells to train, comma-separated", result=False)
     lr_by_cell: str = opt("", "peak lr per cell, e.g. 'rnn=4e-3,lstm=2e-2'; a listed cell ignores --lr ('' = --lr for all)",
                           result=False)
     workers: int = opt(1, "compare/tour: train this many cells at once, one process each (use with --threads=1)",
-                       result=False)
+                       result=False, min=1)
     model: LMConfig = sub(LMConfig)
     train: TrainConfig = sub(TrainConfig)
 
@@ -55,9 +55,9 @@ class SampleRun(RNNRun):
 
     run: str = opt("", "run folder to load instead of <out>/rnn/<preset>-<cell> (e.g. runs/rnn/small-lstm)")
     prompt: str = opt("ROMEO:", "text to continue")
-    temperature: float = opt(0.8, "softmax temperature: < 1 safer, > 1 wilder")
-    n: int = opt(400, "tokens to generate")
-    top_k: int = opt(0, "sample only among the k most likely tokens (0 = all)")
+    temperature: float = opt(0.8, "softmax temperature: < 1 safer, > 1 wilder", above=0)
+    n: int = opt(400, "tokens to generate", min=0)
+    top_k: int = opt(0, "sample only among the k most likely tokens (0 = all)", min=0)
 
 
 _TINY = {"threads": 1, "data": "shakespeare-tiny", "eval_tokens": 4000, "ngram_max_order": 4, "vocab_cap": 500,
@@ -126,18 +126,20 @@ def cell_lrs(cfg: RNNRun) -> dict[str, float]:
     return out
 
 
-def for_cell(cfg: RNNRun, cell: str) -> RNNRun:
-    """A copy of cfg that trains `cell`: its run name, its lr from --lr-by-cell, hidden size from the budget."""
+def for_cell(cfg: RNNRun, cell: str, among: bool = False) -> RNNRun:
+    """A copy of cfg that trains `cell`: its run name, its lr from --lr-by-cell, hidden size from the budget.
+
+    among=True: one of several cells of a compare, so an explicit --name=x becomes x-<cell>."""
     lr = cell_lrs(cfg).get(cell, cfg.train.lr)
     c = replace(cfg, model=replace(cfg.model, cell=cell), train=replace(cfg.train, lr=lr))
-    c.name = _run_name(c, cell)
+    c.name = _run_name(c, cell, among)
     return c
 
 
-def _run_name(cfg: RNNRun | SampleRun, cell: str) -> str:
-    """Default run name <preset>-<cell>[-word]; an explicit --name wins."""
+def _run_name(cfg: RNNRun | SampleRun, cell: str, among: bool = False) -> str:
+    """Default run name <preset>-<cell>[-word]; an explicit --name wins (with -<cell> among several cells)."""
     if cfg.name and cfg.name != cfg.preset:
-        return cfg.name
+        return f"{cfg.name}-{cell}" if among else cfg.name
     word = cfg.level == "word" and "word" not in cfg.preset
     return f"{cfg.preset or 'default'}-{cell}" + ("-word" if word else "")
 
@@ -147,6 +149,8 @@ def _run_name(cfg: RNNRun | SampleRun, cell: str) -> str:
 def train(cfg: RNNRun) -> dict:
     """Train one recurrent LM; writes metrics, checkpoints (with the tokenizer), results and a figure."""
     cfg = for_cell(cfg, cfg.model.cell)
+    if (done := reuse(cfg, TOPIC)) is not None:
+        return done
     key = comparable_config(cfg)  # as asked: vocabulary and hidden sizes are resolved below
     tok, train_ids, val_ids = load_ids(cfg)
     cfg.model.vocab_size = tok.vocab_size
@@ -155,6 +159,7 @@ def train(cfg: RNNRun) -> dict:
         if H < 8:
             raise ConfigError(f"--n-params={cfg.model.n_params} leaves a hidden size of {H} for a vocabulary of "
                               f"{tok.vocab_size}; raise --n-params or lower --vocab-cap (or use --preset=word)")
+    batches = RandomWindows(train_ids, cfg.model.block_size, cfg.train.batch_size, seed=cfg.seed)  # checks the length
     run = start_run(cfg, TOPIC, tokenizer=tok, key=key)
     model = CharRNN(cfg.model)
     cfg.model.n_hidden = model.n_hidden  # the resolved size goes into config.json and the checkpoint
@@ -163,7 +168,6 @@ def train(cfg: RNNRun) -> dict:
              f"lr {cfg.train.lr:g}, "
              f"vocab {tok.vocab_size}, {len(train_ids):,} train / {len(val_ids):,} val tokens -> {run.path}")
     val = torch.as_tensor(val_ids)
-    batches = RandomWindows(train_ids, cfg.model.block_size, cfg.train.batch_size, seed=cfg.seed)
     res = fit(model, lm_loss, batches, cfg.train, run=run, unit="tokens",
               evaluate=lambda m: {"val_loss": stream_nll(m, val, device=run.device)})
     val_loss = res.best if res.best is not None else float("nan")
@@ -200,7 +204,7 @@ def sample(cfg: SampleRun) -> str:
     device = get_device(cfg.device)
     hint = (f"llmpath rnn train --cell={cfg.model.cell}" + (" --level=word" if cfg.level == "word" else "")
             + (f" --preset={cfg.preset}" if cfg.preset else ""))
-    model, tok, _ = load_run(run, device, hint=hint)
+    model, tok, _ = load_run(run, device, hint=hint, topic=TOPIC)
     torch.manual_seed(cfg.seed)
     prompt = torch.tensor([tok.encode(cfg.prompt)], device=device)
     if prompt.shape[1] == 0:
@@ -226,7 +230,7 @@ def ngram_scores(train_ids: np.ndarray, val_ids: np.ndarray, V: int, orders: int
     return out
 
 
-def compare(cfg: RNNRun, fresh: bool = False) -> dict:
+def compare(cfg: RNNRun) -> dict:
     """Train each cell at the same parameter budget and steps; score the n-gram on the same val tokens."""
     setup_logging()
     set_threads(cfg.threads)  # train() sets it too, but reused runs skip train(), and figures() runs after this
@@ -236,10 +240,9 @@ def compare(cfg: RNNRun, fresh: bool = False) -> dict:
         raise ConfigError(f"unknown cell '{bad[0]}' in --cells; choose from: {', '.join(CELL_ORDER)}")
     rows, todo = {}, []
     for cell in cells:
-        c = for_cell(replace(cfg, model=replace(cfg.model, n_hidden=0)), cell)  # hidden size from the budget
-        done = None if fresh else finished(c, TOPIC)
+        c = for_cell(replace(cfg, model=replace(cfg.model, n_hidden=0)), cell, among=True)  # hidden size from the budget
+        done = reuse(c, TOPIC)
         if done:
-            log.info(f"{cell}: reusing the finished run in {run_path(c, TOPIC)} (--fresh retrains)")
             rows[cell] = done
         else:
             todo.append(c)
@@ -326,7 +329,7 @@ def _val_curves(cfg: RNNRun, cells: list[str], refs: dict[str, float] | None = N
     fig, (ax, az) = plt.subplots(1, 2, figsize=(11, 4.6))
     vals = []
     for cell in cells:
-        rows = read_metrics(run_path(for_cell(cfg, cell), TOPIC) / "metrics.jsonl")
+        rows = read_metrics(run_path(for_cell(cfg, cell, among=True), TOPIC) / "metrics.jsonl")
         tr = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
         va = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
         if tr:
@@ -353,14 +356,14 @@ def _val_curves(cfg: RNNRun, cells: list[str], refs: dict[str, float] | None = N
 
 # ------------------------------------------------------------------------------- figures
 
-def figures(cfg: RNNRun, fresh: bool = False) -> dict:
+def figures(cfg: RNNRun) -> dict:
     """The teaching figures, from the compare runs (trained first when missing)."""
     from llmpath.rnn import experiments as ex
 
-    result = compare(cfg, fresh)
+    result = compare(cfg)
     out = run_path(variant(cfg, "compare"), TOPIC) / "figures"
     torch.manual_seed(cfg.seed)
-    trained = {cell: load_run(run_path(for_cell(cfg, cell), TOPIC)).model for cell in CELL_ORDER}
+    trained = {cell: load_run(run_path(for_cell(cfg, cell, among=True), TOPIC)).model for cell in CELL_ORDER}
     tok, train_ids, val_ids = load_ids(cfg)
     fresh_models = {cell: CharRNN(replace(m.cfg, n_hidden=m.n_hidden)).eval() for cell, m in trained.items()}
     # 16 val windows of 151 tokens: the loss sits at the end, gradients flow back 150 steps
@@ -395,9 +398,9 @@ def figures(cfg: RNNRun, fresh: bool = False) -> dict:
 
 def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> StageResult:
     """Stage 2 of `llmpath tour`: compare the cells and the n-gram, draw the figures, sample."""
-    cfg = build_config(RNNRun, [f"--preset={preset}", f"--out={out}"], PRESETS)
+    cfg = build_config(RNNRun, [f"--preset={preset}", f"--out={out}", f"--fresh={fresh}"], PRESETS)
     cfg.workers = min(2, os.cpu_count() or 1)  # two cells side by side, one core each
-    res = figures(cfg, fresh)
+    res = figures(cfg)
     result = res["result"]
     lstm = result["cells"]["lstm"]["val_loss"]
     table = results_table(result) + "\n\nsamples (LSTM, prompt ROMEO:):\n\n" + "\n\n".join(

@@ -18,24 +18,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llmpath.config import opt
+from llmpath.config import ConfigError, opt
 from llmpath.rnn.model import CELLS, make_rnn
 
 
 @dataclass
 class LMConfig:
     cell: Literal["rnn", "lstm", "gru"] = opt("lstm", "recurrent cell")
-    vocab_size: int = opt(0, "set from the tokenizer")
-    n_embd: int = opt(64, "embedding size")
-    n_hidden: int = opt(0, "hidden size (0 = choose it so the model has about n_params parameters)")
-    n_params: int = opt(400_000, "parameter budget used when n_hidden = 0 (matched across cells)")
-    n_layer: int = opt(1, "stacked recurrent layers")
-    dropout: float = opt(0.0, "dropout between layers and before the head")
-    block_size: int = opt(128, "training sequence length (steps of backpropagation through time)")
+    vocab_size: int = opt(0, "set from the tokenizer", min=0)
+    n_embd: int = opt(64, "embedding size", min=1)
+    n_hidden: int = opt(0, "hidden size (0 = choose it so the model has about n_params parameters)", min=0)
+    n_params: int = opt(400_000, "parameter budget used when n_hidden = 0 (matched across cells)", min=1)
+    n_layer: int = opt(1, "stacked recurrent layers", min=1)
+    dropout: float = opt(0.0, "dropout between layers and before the head", min=0, below=1)
+    block_size: int = opt(128, "training sequence length (steps of backpropagation through time)", min=1)
     forget_bias: float = opt(0.0, "LSTM: set the forget-gate bias to this at init (0 = keep torch.nn's init)")
     bias: bool = opt(True, "biases b_ih, b_hh in the recurrent layers (torch.nn's bias; the head keeps its own)")
     nonlinearity: Literal["tanh", "relu"] = opt("tanh", "vanilla RNN only: the activation of h_t (torch.nn.RNN's)")
     impl: Literal["ours", "torch"] = opt("torch", "ours: the hand-written cells; torch: torch.nn (fast path, same weights)")
+
+    def check(self) -> None:
+        if self.nonlinearity != "tanh" and self.cell != "rnn":
+            raise ConfigError(f"--nonlinearity={self.nonlinearity} is for the vanilla RNN only; the {self.cell} "
+                              f"cell's gates fix its activations (use --cell=rnn or drop --nonlinearity)")
+        if self.forget_bias and not self.bias:
+            raise ConfigError("--forget_bias needs the biases; drop --bias=false or --forget_bias")
 
 
 def lm_params(cell: str, V: int, E: int, H: int, L: int, bias: bool = True) -> int:

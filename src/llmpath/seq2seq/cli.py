@@ -12,7 +12,6 @@ and beam); `compare` writes its table to <out>/seq2seq/<preset>-compare/results.
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 
@@ -20,7 +19,7 @@ import torch
 
 from llmpath.common import count_params, log, map_processes, markdown_table, setup_logging, write_json
 from llmpath.config import Command, ConfigError, TrainConfig, build_config, opt, sub
-from llmpath.runs import comparable_config, finished, load_run, open_folder, run_path, start_run, variant
+from llmpath.runs import comparable_config, finished, load_run, open_folder, reuse, run_path, start_run, variant
 from llmpath.seq2seq.data import PAD, TOKENIZE, eval_batches, load_translation, make_batches
 from llmpath.seq2seq.decode import translate_batch
 from llmpath.seq2seq.metrics import bleu_bootstrap
@@ -36,9 +35,9 @@ TOPIC = "seq2seq"
 @dataclass
 class Seq2SeqRun(TranslationRun):
     model: Seq2SeqConfig = opt(Seq2SeqConfig(emb=64, hidden=128, attn_dim=64), "the encoder-decoder (llmpath.seq2seq.model)")
-    teacher_forcing: float = opt(1.0, "probability of feeding the reference token (1 = always)")
-    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy")
-    workers: int = opt(1, "compare/tour: train this many models at once, one process each (threads=1 each)", result=False)
+    teacher_forcing: float = opt(1.0, "probability of feeding the reference token (1 = always)", min=0, max=1)
+    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy", min=0, below=1)
+    workers: int = opt(1, "compare/tour: train this many models at once, one process each (threads=1 each)", result=False, min=1)
     train: TrainConfig = sub(TrainConfig)
 
 
@@ -116,14 +115,11 @@ def attention_stats(model, batches: list[dict], device="cpu") -> dict:
 
 # ------------------------------------------------------------------------------ train
 
-def train(cfg: Seq2SeqRun, fresh: bool = True) -> dict:
+def train(cfg: Seq2SeqRun) -> dict:
     """Train one model, evaluate it on the test split (greedy and beam), write results.json."""
     cfg.name = run_name(cfg)
-    if not fresh and not cfg.train.resume:
-        done = finished(cfg, TOPIC)
-        if done is not None:
-            log.info(f"reusing finished run {run_path(cfg, TOPIC)}")
-            return done
+    if (done := reuse(cfg, TOPIC)) is not None:
+        return done
     key = comparable_config(cfg)  # as asked: the vocabulary sizes below come from the data
     data = load_translation(cfg.data, cfg.direction, seed=cfg.seed)
     cfg.model.src_vocab, cfg.model.tgt_vocab = len(data.src_vocab), len(data.tgt_vocab)
@@ -184,22 +180,22 @@ def eval_run(cfg: Seq2SeqRun) -> dict:
 MARGIN = 2.0  # BLEU points every attention model must gain over the no-attention baseline
 
 
-def _train_worker(cfg: Seq2SeqRun, fresh: bool) -> dict:
+def _train_worker(cfg: Seq2SeqRun) -> dict:
     setup_logging()
-    return train(cfg, fresh=fresh)
+    return train(cfg)
 
 
-def train_many(cfgs: list[Seq2SeqRun], fresh: bool, workers: int = 1) -> list[dict]:
+def train_many(cfgs: list[Seq2SeqRun], workers: int = 1) -> list[dict]:
     """train() each config, with workers > 1 in that many processes (each model is single-threaded)."""
     if workers > 1 and len(cfgs) > 1:
         for c in cfgs:  # two progress bars would overwrite each other
             c.train.progress = False
-    return map_processes(functools.partial(_train_worker, fresh=fresh), cfgs, workers)
+    return map_processes(_train_worker, cfgs, workers)
 
 
-def compare(cfg: Seq2SeqRun, fresh: bool = False, attentions: tuple[str, ...] = ATTENTIONS) -> dict:
+def compare(cfg: Seq2SeqRun, attentions: tuple[str, ...] = ATTENTIONS) -> dict:
     """Train (or reuse) each decoder at the same budget; the table and the bar go to <preset>-compare/."""
-    results = dict(zip(attentions, train_many([named(cfg, attention=a) for a in attentions], fresh, cfg.workers)))
+    results = dict(zip(attentions, train_many([named(cfg, attention=a) for a in attentions], cfg.workers)))
     # other variants trained earlier at the same settings are reused for the table, never retrained
     for att in ATTENTIONS:
         if att not in results and (done := finished(named(cfg, attention=att), TOPIC)) is not None:
@@ -312,9 +308,9 @@ def figures(cfg: Seq2SeqRun) -> list:
 def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> StageResult:
     """Stage 3 of `llmpath tour`: no-attention vs Bahdanau, trained here and judged by the bar; Luong runs already
     trained at the same settings (`llmpath seq2seq compare`) are shown in the table but not judged."""
-    cfg = build_config(Seq2SeqRun, [f"--preset={preset}", f"--out={out}"], PRESETS)
+    cfg = build_config(Seq2SeqRun, [f"--preset={preset}", f"--out={out}", f"--fresh={fresh}"], PRESETS)
     cfg.workers = min(2, os.cpu_count() or 1)  # the two models side by side, one core each
-    res = compare(cfg, fresh=fresh, attentions=("none", "bahdanau"))
+    res = compare(cfg, attentions=("none", "bahdanau"))
     figs = alignment_figures(cfg, attentions=("bahdanau",))
     checked = ", ".join(res["bar"].get("checked", []))
     return StageResult("Bahdanau test BLEU (greedy, zh->en)", res["runs"]["bahdanau"]["test"]["greedy"]["bleu"],

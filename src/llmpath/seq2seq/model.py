@@ -29,7 +29,6 @@ positions are set to -inf before the softmax, so they get exactly zero weight.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llmpath.seq2seq.data import BOS, PAD
+from llmpath.config import opt
+from llmpath.seq2seq.data import PAD
 
 ATTENTIONS = ("none", "bahdanau", "dot", "general", "concat")
 LUONG = ("dot", "general", "concat")
@@ -52,16 +52,17 @@ def make_rnn(cell: str, input_size: int, hidden_size: int, impl: str = "ours") -
 
 @dataclass
 class Seq2SeqConfig:
-    src_vocab: int = 100
-    tgt_vocab: int = 100
-    attention: Literal["none", "bahdanau", "dot", "general", "concat"] = "bahdanau"
-    cell: Literal["gru", "lstm"] = "gru"
-    emb: int = 128
-    hidden: int = 256
-    attn_dim: int = 128  # size of the additive score's hidden layer (bahdanau, concat)
-    dropout: float = 0.2
-    impl: Literal["ours", "torch"] = "ours"
-    scale: bool = True  # divide dot/general scores by sqrt(hidden) (Vaswani et al. 2017), see the docstring
+    src_vocab: int = opt(100, "source vocabulary size (set from the data)", min=1)
+    tgt_vocab: int = opt(100, "target vocabulary size (set from the data)", min=1)
+    attention: Literal["none", "bahdanau", "dot", "general", "concat"] = opt("bahdanau", "decoder attention")
+    cell: Literal["gru", "lstm"] = opt("gru", "recurrent cell of encoder and decoder")
+    emb: int = opt(128, "embedding size", min=1)
+    hidden: int = opt(256, "hidden size per direction (encoder) and of the decoder", min=1)
+    attn_dim: int = opt(128, "hidden size of the additive scores (bahdanau, concat)", min=1)
+    dropout: float = opt(0.2, "dropout on embeddings and decoder outputs", min=0, below=1)
+    impl: Literal["ours", "torch"] = opt("ours", "ours = stage 2's hand-written cells, torch = torch.nn fast path")
+    # Vaswani et al. 2017's 1/sqrt(d) on dot products; see the module docstring
+    scale: bool = opt(True, "divide Luong dot/general scores by sqrt(hidden) so the softmax does not saturate")
 
 
 # -------------------------------------------------------------------------------- attention

@@ -29,9 +29,9 @@ class TranslationRun(RunConfig):
 
     data: str = opt("hsk-pairs", "hsk-pairs | dates (synthetic) | a .csv/.tsv/.jsonl file of src,tgt pairs")
     direction: Literal["zh-en", "en-zh"] = opt("zh-en", "translation direction")
-    beam: int = opt(5, "beam size for the beam-search evaluation and translate (1 = greedy)")
-    length_penalty: float = opt(1.0, "GNMT length-penalty alpha for ranking beams (0 = raw log-prob)")
-    max_len: int = opt(60, "longest output (also capped at 2 * source length + 10)")
+    beam: int = opt(5, "beam size for the beam-search evaluation and translate (1 = greedy)", min=1)
+    length_penalty: float = opt(1.0, "GNMT length-penalty alpha for ranking beams (0 = raw log-prob)", min=0)
+    max_len: int = opt(60, "longest output (also capped at 2 * source length + 10)", min=1)
 
 
 def name_suffix(cfg: TranslationRun) -> str:
@@ -120,7 +120,7 @@ def evaluate_split(model, decode: Callable, data, cfg: TranslationRun, device="c
 def eval_command(cfg: TranslationRun, topic: str, decode: Callable, load_data: Callable = load_translation) -> dict:
     """Score a trained run on the test split, greedy and beam, with this command's decoding options."""
     setup_logging()
-    model, _, saved = load_run(run_path(cfg, topic))
+    model, _, saved = load_run(run_path(cfg, topic), topic=topic)
     data = load_data(saved)
     res = evaluate_split(model, decode, data, dataclasses.replace(
         saved, beam=cfg.beam, length_penalty=cfg.length_penalty, max_len=cfg.max_len))
@@ -132,7 +132,7 @@ def eval_command(cfg: TranslationRun, topic: str, decode: Callable, load_data: C
 def translate_command(cfg: Any, topic: str, decode: Callable, plot: Callable | None = None) -> str:
     """Translate cfg.text with the run the options name; `plot(model, vocab, out, src_toks, out_toks, cfg)` draws."""
     setup_logging()
-    model, vocab, _ = load_run(run_path(cfg, topic))
+    model, vocab, _ = load_run(run_path(cfg, topic), topic=topic)
     toks = TOKENIZE[vocab.src_lang](cfg.text)
     if not toks:
         raise ConfigError("nothing to translate: the text is empty")

@@ -30,7 +30,7 @@ class TokTrain:
     data: str = opt("shakespeare", "training text: a dataset name (llmpath list) or a .txt path")
     vocab_size: int = opt(4096, "tokens in all: 256 bytes + merges + special tokens")
     pattern: Literal["gpt2", "gpt4"] = opt("gpt2", "pre-tokenization regex: GPT-2's or GPT-4's (cl100k)")
-    max_chars: int = opt(0, "train on the first N characters (0 = all); the next 10% (up to 1M) are held out")
+    max_chars: int = opt(0, "train on the first N characters (0 = all); the next 10% (up to 1M) are held out", min=0)
     special: str = opt(",".join(SPECIAL_TOKENS), "comma-separated special tokens (ids after the merges)")
     out: str = opt("", "folder to write the tokenizer to (default: runs/tokenizer/<preset>)")
 

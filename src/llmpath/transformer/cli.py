@@ -20,7 +20,7 @@ import torch
 
 from llmpath.common import count_params, log, markdown_table, read_json, setup_logging, write_json
 from llmpath.config import Command, ConfigError, TrainConfig, build_config, opt, sub
-from llmpath.runs import comparable_config, finished, open_folder, run_path, start_run, variant
+from llmpath.runs import comparable_config, open_folder, reuse, run_path, start_run, variant
 from llmpath.seq2seq.data import eval_batches, load_translation, make_batches
 from llmpath.seq2seq.translation import (TranslationRun, TranslationVocab, eval_command, evaluate_split, name_suffix,
                                          scores, token_nll, translate_command, translate_examples)
@@ -36,8 +36,8 @@ TOPIC = "transformer"
 class TransformerRun(TranslationRun):
     model: TransformerConfig = opt(TransformerConfig(n_layer=2, n_head=4, n_embd=128, n_ff=256, dropout=0.3, max_len=128),
                                    "the encoder-decoder (llmpath.transformer.model); max_len grows to cover --max_len")
-    label_smoothing: float = opt(0.1, "label smoothing of the training cross-entropy")
-    train_fraction: float = opt(1.0, "use this leading fraction of the training split (learning curves)")
+    label_smoothing: float = opt(0.1, "label smoothing of the training cross-entropy", min=0, below=1)
+    train_fraction: float = opt(1.0, "use this leading fraction of the training split (learning curves)", above=0, max=1)
     train: TrainConfig = sub(TrainConfig)
 
 
@@ -83,14 +83,11 @@ def load_data(cfg: TransformerRun):
     return data
 
 
-def train(cfg: TransformerRun, fresh: bool = True) -> dict:
+def train(cfg: TransformerRun) -> dict:
     """Train one model, score it on val and test (greedy and beam), write results.json."""
     cfg.name = run_name(cfg)
-    if not fresh and not cfg.train.resume:
-        done = finished(cfg, TOPIC)
-        if done is not None:
-            log.info(f"reusing finished run {run_path(cfg, TOPIC)}")
-            return done
+    if (done := reuse(cfg, TOPIC)) is not None:
+        return done
     key = comparable_config(cfg)  # as asked: the sizes below come from the data
     data = load_data(cfg)
     m = cfg.model
@@ -195,10 +192,10 @@ def _table_folder(cfg: TransformerRun, kind: str) -> Path:
     return open_folder(variant(cfg, kind), TOPIC)
 
 
-def ablate(cfg: TransformerRun, fresh: bool = False) -> dict:
+def ablate(cfg: TransformerRun) -> dict:
     """Train (or reuse) one run per ablation at the same budget; one table, val and test columns."""
     cfg.name = run_name(cfg)
-    runs = {label: train(variant(cfg, tag, **over), fresh=fresh) for label, (tag, over) in ablations(cfg).items()}
+    runs = {label: train(variant(cfg, tag, **over)) for label, (tag, over) in ablations(cfg).items()}
     rows = [[label, f"{r['params']:,}", f"{r['val_loss']:.3f}", f"{r['val']['greedy']['bleu']:.2f}",
              f"{r['test']['greedy']['bleu']:.2f}", f"{r['test']['beam']['bleu']:.2f}",
              f"{r['test']['greedy'].get('chrf', float('nan')):.1f}", f"{r.get('train_cpu_seconds', float('nan')):.0f}"]
@@ -213,10 +210,10 @@ def ablate(cfg: TransformerRun, fresh: bool = False) -> dict:
 FRACTIONS = (0.25, 0.5, 1.0)
 
 
-def curve(cfg: TransformerRun, fresh: bool = False) -> dict:
+def curve(cfg: TransformerRun) -> dict:
     """Learning curve: val/test BLEU against the fraction of the training split (same steps)."""
     cfg.name = run_name(cfg)
-    runs = {f: train(variant(cfg, "" if f == 1.0 else f"frac{f:g}", train_fraction=f), fresh=fresh) for f in FRACTIONS}
+    runs = {f: train(variant(cfg, "" if f == 1.0 else f"frac{f:g}", train_fraction=f)) for f in FRACTIONS}
     rows = [[f"{f:g}", r["train_pairs"], f"{r['val_loss']:.3f}", f"{r['val']['greedy']['bleu']:.2f}",
              f"{r['test']['greedy']['bleu']:.2f}", f"{r['test']['greedy'].get('chrf', float('nan')):.1f}"]
             for f, r in runs.items()]
@@ -242,8 +239,8 @@ def figures(cfg: TransformerRun) -> list[Path]:
 
 def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> StageResult:
     """Stage 4 of `llmpath tour`: train the preset, compare with stage 3's finished runs, draw the figures."""
-    cfg = build_config(TransformerRun, [f"--preset={preset}", f"--out={out}"], PRESETS)
-    res = train(cfg, fresh=fresh)
+    cfg = build_config(TransformerRun, [f"--preset={preset}", f"--out={out}", f"--fresh={fresh}"], PRESETS)
+    res = train(cfg)
     table, bar = compare_table(res, out, preset)
     return StageResult("Transformer test BLEU (greedy, zh->en)", res["test"]["greedy"]["bleu"],
                        "beats the best stage-3 model's test BLEU (greedy) at the same preset", bool(bar["passed"]),

@@ -24,30 +24,36 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from llmpath.config import ConfigError, opt
 from llmpath.seq2seq.data import PAD
 from llmpath.transformer.attention import MultiHeadAttention, padding_mask
 
 
 @dataclass
 class TransformerConfig:
-    src_vocab: int = 100
-    tgt_vocab: int = 100
-    n_layer: int = 2  # layers in each stack, unless one of the two below is set
-    n_enc_layer: int = 0  # encoder layers (nn.Transformer's num_encoder_layers); 0 = n_layer
-    n_dec_layer: int = 0  # decoder layers (num_decoder_layers); 0 = n_layer
-    n_head: int = 4
-    n_embd: int = 128  # d_model
-    n_ff: int = 512  # inner width of the position-wise feed-forward (d_ff)
-    dropout: float = 0.1
-    bias: bool = True
-    norm: Literal["post", "pre"] = "post"
-    pos: Literal["sinusoidal", "learned", "none"] = "sinusoidal"
-    activation: Literal["relu", "gelu"] = "relu"
-    max_len: int = 256  # longest sequence the positional encoding covers
-    final_norm: bool = True  # LayerNorm after each stack, as torch.nn.Transformer has
-    tie_weights: bool = True  # output head shares the target embedding matrix
-    sdpa: bool = False  # attention through F.scaled_dot_product_attention (no weights for plots)
-    layer_norm_eps: float = 1e-5
+    src_vocab: int = opt(100, "source vocabulary size (set from the data)", min=1)
+    tgt_vocab: int = opt(100, "target vocabulary size (set from the data)", min=1)
+    n_layer: int = opt(2, "layers in each stack, unless n_enc_layer / n_dec_layer say otherwise", min=1)
+    n_enc_layer: int = opt(0, "encoder layers (nn.Transformer's num_encoder_layers); 0 = n_layer", min=0)
+    n_dec_layer: int = opt(0, "decoder layers (num_decoder_layers); 0 = n_layer", min=0)
+    n_head: int = opt(4, "attention heads (must divide n_embd)", min=1)
+    n_embd: int = opt(128, "model width d_model", min=1)
+    n_ff: int = opt(512, "inner width of the position-wise feed-forward (d_ff)", min=1)
+    dropout: float = opt(0.1, "dropout on embeddings, attention weights and residual branches", min=0, below=1)
+    bias: bool = opt(True, "biases in the linear layers and LayerNorms")
+    norm: Literal["post", "pre"] = opt("post", "LayerNorm after the residual sum (the paper) or before the sub-layer")
+    pos: Literal["sinusoidal", "learned", "none"] = opt("sinusoidal", "positional encoding")
+    activation: Literal["relu", "gelu"] = opt("relu", "feed-forward activation")
+    max_len: int = opt(256, "longest sequence the positional encoding covers", min=1)
+    final_norm: bool = opt(True, "LayerNorm after each stack, as torch.nn.Transformer has")
+    tie_weights: bool = opt(True, "the output head shares the target embedding matrix")
+    sdpa: bool = opt(False, "attention through F.scaled_dot_product_attention (no weights for plots)")
+    layer_norm_eps: float = opt(1e-5, "LayerNorm epsilon", above=0)
+
+    def check(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"--n_head={self.n_head} does not divide --n_embd={self.n_embd}; each head gets "
+                              f"n_embd / n_head dimensions")
 
     # 0 rather than None for "unset": the command line and saved configs keep plain ints
     @property

@@ -46,6 +46,7 @@ FIGURES: dict[str, tuple[str, str]] = {
 # tutorial figure name -> "module:function" returning a matplotlib Figure (no training, no data needed)
 DIAGRAMS: dict[str, str] = {
     # chapter 1
+    "01_computation_graph.png": "llmpath.mlp.diagrams:computation_graph",
 
     # chapter 2
 

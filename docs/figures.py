@@ -55,6 +55,7 @@ DIAGRAMS: dict[str, str] = {
     # chapter 4
 
     # chapter 5a
+    "05a_bpe_merges.png": "llmpath.tokenizers.diagrams:merge_figure",
 
     # chapter 5
 

@@ -270,6 +270,7 @@ def test_exercise_1_2_one_sgd_step_on_the_worked_example():
     close(m.linears()[0].params["b"], [0.0289, -0.6])
     close(m.linears()[1].params["b"], [-0.0711, 0.1711])
     close(m.forward(x), [0.2322, -0.0175])
+    close(np.exp(-softmax_cross_entropy(m.forward(x), y)[0]), 0.4379)  # the right class's probability
     assert round(m.loss_and_grads(x, y), 4) == 0.8258
 
 

@@ -46,6 +46,7 @@ FIGURES: dict[str, tuple[str, str]] = {
 # tutorial figure name -> "module:function" returning a matplotlib Figure (no training, no data needed)
 DIAGRAMS: dict[str, str] = {
     # chapter 1
+    "01_computation_graph.png": "llmpath.mlp.diagrams:computation_graph",
 
     # chapter 2
 
@@ -54,6 +55,7 @@ DIAGRAMS: dict[str, str] = {
     # chapter 4
 
     # chapter 5a
+    "05a_bpe_merges.png": "llmpath.tokenizers.diagrams:merge_figure",
 
     # chapter 5
 

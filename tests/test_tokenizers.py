@@ -29,6 +29,7 @@ from llmpath.tokenizers import (
     train_gpt_tokenizer,
     train_naive,
 )
+from llmpath.tokenizers.bpe import GPT2_PATTERN
 from llmpath.tokenizers.compare import chinese_text, same_as_tiktoken
 from llmpath.tokenizers.files import bytes_to_unicode, recover_merges
 
@@ -316,3 +317,86 @@ def test_smoke():
     from llmpath.tokenizers.cli import smoke
 
     assert "round trip ok" in smoke()
+
+
+# ------------------------------------------------------------------ chapter 5a: the diagram, the exercises
+
+def test_the_merge_diagram_steps_are_the_trainers_merges():
+    from llmpath.tokenizers.bpe import train_from_counts
+    from llmpath.tokenizers.diagrams import WORDS, merge_steps
+
+    steps = merge_steps(WORDS, 6)
+    assert [(s["pair"], s["id"]) for s in steps] == train_from_counts(WORDS, 6)
+    assert [s["token"] for s in steps] == [b"ay", b"lay", b"play", b"ed", b"st", b"stay"]  # as the chapter says
+    assert steps[0]["stats"][(97, 121)] == 10 and steps[1]["stats"][(108, 256)] == steps[1]["stats"][(112, 108)] == 7
+
+
+def test_exercise_5a_1_any_tie_rule_still_encodes_like_tiktoken(english):
+    from llmpath.tokenizers.bpe import ranks_from_merges
+
+    text, held = english[:20_000], english[20_000:60_000]
+    chunks = [list(c.encode("utf-8")) for c in regex.findall(GPT2_PATTERN, text)]
+    vocab = {i: bytes([i]) for i in range(256)}
+    ids_of = {b: i for i, b in vocab.items()}
+    merges = []
+    while len(vocab) < 600:  # train_naive with the opposite tie rule: the largest pair wins
+        stats: dict = {}
+        for ids in chunks:
+            get_stats(ids, stats)
+        pair = max(stats, key=lambda p: (stats[p], p))
+        idx = ids_of.setdefault(vocab[pair[0]] + vocab[pair[1]], len(vocab))
+        vocab[idx] = vocab[pair[0]] + vocab[pair[1]]
+        chunks = [merge(ids, pair, idx) for ids in chunks]
+        merges.append((pair, idx))
+    assert merges != train_naive(text, 600)  # another vocabulary ...
+    same, n = same_as_tiktoken(Tokenizer(ranks_from_merges(merges)), held)
+    assert same and n > 10_000  # ... encoded exactly like tiktoken with the same ranks
+
+
+def test_exercise_5a_2_the_whole_piece_shortcut(english):
+    from llmpath.tokenizers.bpe import bpe_parts
+
+    ranks = {bytes([i]): i for i in range(256)} | {b"bc": 256, b"ab": 257, b"cd": 258, b"abcd": 259}
+    assert bpe_parts(ranks, b"abcd") == [b"a", b"bc", b"d"]  # bc merges first; then abc and bcd are no tokens
+    enc = tiktoken.Encoding("exercise", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
+    assert bpe_encode(ranks, b"abcd") == enc.encode_ordinary("abcd") == [259]
+    # a vocabulary our trainer learned never needs the shortcut: each token is what its own bytes merge into
+    r = Tokenizer.train(english[:50_000], 1000).mergeable_ranks
+    assert all(bpe_parts(r, t) == [t] for t in r)
+
+
+def test_exercise_5a_3_gpt4_pattern_cuts_digits_and_keeps_newlines_with_punctuation():
+    from llmpath.tokenizers import pretokenize
+
+    text = "I'LL pay 12345 ducats.\n\nEXIT"
+    assert list(pretokenize(text, "gpt2")) == ["I", "'", "LL", " pay", " 12345", " ducats", ".", "\n", "EXIT"]
+    assert list(pretokenize(text, "gpt4")) == ["I", "'LL", " pay", " ", "123", "45", " ducats", ".\n\n", "EXIT"]
+
+
+@pytest.mark.slow
+def test_exercise_5a_3_gpt4_pattern_on_shakespeare_tokens_per_char():
+    from llmpath.tokenizers.cli import train_texts
+
+    text, held = train_texts("shakespeare", 1_000_000)  # the tour's small preset: 1M to train, 111,111 held out
+    tpc = {p: len(Tokenizer.train(text, 4096, p).encode(held, allowed_special="all")) / len(held)
+           for p in ("gpt2", "gpt4")}
+    assert round(tpc["gpt2"], 4) == 0.3367 and round(tpc["gpt4"], 4) == 0.3103, tpc
+
+
+def test_exercise_5a_4_merge_in_word_is_merge_plus_the_count_changes():
+    from collections import defaultdict
+
+    from llmpath.tokenizers.bpe import _merge_in_word
+
+    rng = random.Random(0)
+    cases = [([97, 97, 97], (97, 97)), ([97, 98, 97, 98], (97, 98)), ([1, 2, 3, 1, 2], (1, 2))]
+    cases += [([rng.choice([97, 98, 99]) for _ in range(rng.randint(1, 12))], (rng.choice([97, 98]), rng.choice([97, 98])))
+              for _ in range(500)]
+    for ids, pair in cases:
+        delta, where = defaultdict(int), defaultdict(set)
+        out = _merge_in_word("".join(map(chr, ids)), pair, 300, 2, delta, where, 0)  # the word occurs twice
+        merged = merge(ids, pair, 300)
+        assert [ord(c) for c in out] == merged
+        before, after = get_stats(ids), get_stats(merged)
+        for p in set(before) | set(after) | set(delta):
+            assert delta.get(p, 0) == 2 * (after.get(p, 0) - before.get(p, 0)), (ids, pair, p)

@@ -193,9 +193,9 @@ def _train(cfg: MLPRun) -> dict:
         pred = predict_logits(t_model, f.x_test, device).argmax(1)
         r["torch_mlp"] = {**info, "test": metrics(f.y_test, pred)}
         r["seconds"] = round(time.time() - t0, 1)
-        figures.append(str(save_fig(confusion_matrix(f.y_test, pred, f.label_names, f"{ds}: torch MLP (test)"),
+        figures.append(str(save_fig(confusion_matrix(f.y_test, pred, f.label_names, f"{ds}：torch MLP（测试集）"),
                                     run / "figures" / f"confusion_{ds}.png")))
-        figures.append(str(save_fig(training_curves(read_metrics(run / ds / "metrics.jsonl"), f"{ds}: torch MLP"),
+        figures.append(str(save_fig(training_curves(read_metrics(run / ds / "metrics.jsonl"), f"{ds}：torch MLP 的训练曲线"),
                                     run / "figures" / f"curves_{ds}.png")))
         results["datasets"][ds] = r
         log.info(f"{ds}: " + ", ".join(f"{m} acc {100 * r[m]['test']['accuracy']:.2f}" for m in MODELS)

@@ -36,8 +36,9 @@ def decision_boundaries(epochs: int = 150, seed: int = 0):
     use_cjk()
     fig, axes = plt.subplots(2, 2, figsize=(9, 8))
     accs = {}
+    shown = {"two-moons": "两月牙", "XOR": "XOR（异或）"}
     for row, (name, (x, y)) in enumerate({"two-moons": two_moons(seed=seed), "XOR": xor(seed=seed)}.items()):
-        for col, (label, hidden) in enumerate({"linear (no hidden layer)": (), "MLP, 1 hidden layer of 16": (16,)}.items()):
+        for col, (label, hidden) in enumerate({"线性模型（无隐藏层）": (), "MLP（1 个隐藏层，16 个单元）": (16,)}.items()):
             m = fit_small(x, y, hidden, epochs, seed)
             acc = float((m.predict(x) == y).mean())
             accs[f"{name}/{'linear' if not hidden else 'mlp'}"] = acc
@@ -51,7 +52,7 @@ def decision_boundaries(epochs: int = 150, seed: int = 0):
             ax.contourf(gx, gy, p, levels=20, cmap="RdBu_r", alpha=0.6)
             ax.contour(gx, gy, p, levels=[0.5], colors="k", linewidths=1.5)
             ax.scatter(x[:, 0], x[:, 1], c=y, cmap="RdBu_r", s=10, edgecolors="k", linewidths=0.3)
-            ax.set_title(f"{name}: {label}\ntrain acc {acc:.0%}")
+            ax.set_title(f"{shown[name]}：{label}\n训练准确率 {acc:.0%}")
     fig.tight_layout()
     return fig, accs
 
@@ -67,13 +68,16 @@ def activations():
         d = layer.backward(np.ones_like(x))
         a1.plot(x, y, label=name)
         a2.plot(x, d, label=name)
-    a1.set(title="activation f(x)", xlabel="x")
-    a2.set(title="derivative f'(x) (from backward)", xlabel="x")
+    a1.set(title="激活函数 f(x)", xlabel="x")
+    a2.set(title="导数 f'(x)（由我们的 backward() 算出）", xlabel="x")
     for a in (a1, a2):
         a.grid(alpha=0.3)
         a.legend()
     fig.tight_layout()
     return fig
+
+
+_OPT_NAMES = {"sgd": "SGD", "momentum": "动量", "adam": "Adam"}
 
 
 def optimizer_curves(x, y, n_in: int, n_classes: int, hidden: int = 64, steps: int = 300, batch_size: int = 64,
@@ -93,8 +97,8 @@ def optimizer_curves(x, y, n_in: int, n_classes: int, hidden: int = 64, steps: i
     for name, losses in curves.items():
         k = 10
         sm = np.convolve(losses, np.ones(k) / k, mode="valid")
-        ax.plot(np.arange(k, len(losses) + 1), sm, label=f"{name} (lr {lrs[name]:g})")
-    ax.set(xlabel="step", ylabel="train loss (mean of 10 steps)", title="SGD vs momentum vs Adam (NumPy MLP)")
+        ax.plot(np.arange(k, len(losses) + 1), sm, label=f"{_OPT_NAMES.get(name, name)}（学习率 {lrs[name]:g}）")
+    ax.set(xlabel="步数", ylabel="训练损失（10 步滑动平均）", title="SGD、动量与 Adam（NumPy MLP，同一初始化、同一批次顺序）")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

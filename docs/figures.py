@@ -48,6 +48,8 @@ DIAGRAMS: dict[str, str] = {
     # chapter 1
 
     # chapter 2
+    "02_unrolled_rnn.png": "llmpath.rnn.diagrams:unrolled_rnn_figure",
+    "02_lstm_cell.png": "llmpath.rnn.diagrams:lstm_cell_figure",
 
     # chapter 3
 

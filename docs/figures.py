@@ -52,6 +52,7 @@ DIAGRAMS: dict[str, str] = {
     "02_lstm_cell.png": "llmpath.rnn.diagrams:lstm_cell_figure",
 
     # chapter 3
+    "03_attention_step.png": "llmpath.seq2seq.diagrams:attention_figure",
 
     # chapter 4
 

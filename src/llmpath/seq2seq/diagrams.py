@@ -55,7 +55,6 @@ def attention_figure() -> Figure:
     ax.text(xs[0] - 0.75, y_src, "源句", ha="right", va="center", fontsize=10.5)
 
     # scores, softmax weights (bars), and the weighted sum
-    top = y_a + 2.2 * alpha.max()
     for x, e, a in zip(xs, scores, alpha):
         ax.text(x, y_e, f"{e:+.1f}", ha="center", va="center", fontsize=10.5,
                 bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="0.6"))

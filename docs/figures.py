@@ -49,8 +49,11 @@ DIAGRAMS: dict[str, str] = {
     "01_computation_graph.png": "llmpath.mlp.diagrams:computation_graph",
 
     # chapter 2
+    "02_unrolled_rnn.png": "llmpath.rnn.diagrams:unrolled_rnn_figure",
+    "02_lstm_cell.png": "llmpath.rnn.diagrams:lstm_cell_figure",
 
     # chapter 3
+    "03_attention_step.png": "llmpath.seq2seq.diagrams:attention_figure",
 
     # chapter 4
 

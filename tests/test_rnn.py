@@ -325,7 +325,7 @@ def test_compare_reuses_finished_runs(tiny_runs, capsys):
     before = {c: p.stat().st_mtime_ns for c, p in ckpts.items()}
     assert main(["rnn", "compare", "--preset=tiny", f"--out={out}"]) == 0
     assert {c: p.stat().st_mtime_ns for c, p in ckpts.items()} == before  # nothing retrained
-    assert "| LSTM (hidden" in capsys.readouterr().out
+    assert "| LSTM（隐藏维度" in capsys.readouterr().out
     # a different lr for one cell is a different run: the finished gru run is not overwritten unasked
     assert main(["rnn", "compare", "--preset=tiny", f"--out={out}", "--lr-by-cell=gru=1e-2"]) == 2
     assert "tiny-gru already holds a finished run (train.lr differ)" in capsys.readouterr().err
@@ -406,7 +406,7 @@ def test_bar_judges_the_matched_ngram_and_reports_the_best_order_beside_it():
 
 
 def test_base_preset_is_the_one_the_tutorial_measured():
-    """The tutorial's base table (section 6.1) was measured with these sizes, steps and lrs; a changed preset
+    """The tutorial's base table (appendix B) was measured with these sizes, steps and lrs; a changed preset
     must come with a new table. (Training it takes 13 min on 2 cores, so only the configuration is checked.)"""
     from llmpath.config import build_config
     from dataclasses import replace
@@ -420,3 +420,70 @@ def test_base_preset_is_the_one_the_tutorial_measured():
         model = CharRNN(replace(c.model, vocab_size=80))  # shakespeare's 79 characters + <unk>
         assert (model.n_hidden, sum(p.numel() for p in model.parameters()), c.train.lr) == (H, n_params, lr)
         assert (c.train.max_steps, c.train.batch_size, c.model.block_size, c.eval_tokens) == (3000, 32, 128, 100_000)
+
+
+# ----------------------------------------------------------------------- exercises of tutorial 02
+
+def test_exercise_2_1_count_the_lstm_parameters():
+    """Embedding V*E + four gates 4H(E+H+2) + head H*V+V: the 249,020 of the LSTM in the main table."""
+    from llmpath.rnn.lm import LMConfig, lm_params
+
+    V, E = 80, 48
+    for cell, H, gates, want in (("lstm", 215, 4, 249_020), ("rnn", 435, 1, 249_695), ("gru", 250, 3, 248_920)):
+        by_hand = V * E + gates * H * (E + H + 2) + H * V + V
+        model = CharRNN(LMConfig(cell=cell, vocab_size=V, n_embd=E, n_hidden=H))
+        assert by_hand == lm_params(cell, V, E, H, 1) == sum(p.numel() for p in model.parameters()) == want
+
+
+def test_exercise_2_2_an_lstm_without_input_gate_is_not_torchs():
+    """`c = f * c + g` instead of `c = f * c + i * g`: our LSTM stops matching torch.nn.LSTM."""
+    import torch.nn.functional as F
+
+    from llmpath.rnn import model as rnn_model
+
+    def no_input_gate(xw, state, w_hh, b_hh):
+        h, c = state
+        i, f, g, o = (xw + F.linear(h, w_hh, b_hh)).chunk(4, dim=-1)
+        f, g, o = torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        c = f * c + g  # the exercise's change: every candidate is written in full
+        return (o * torch.tanh(c), c), {}
+
+    ours, ref = _pair("lstm", 1, False)
+    x = torch.randn(3, 7, 5)
+    torch.testing.assert_close(ours(x)[0], ref(x)[0], atol=1e-5, rtol=1e-5)  # the real cell matches
+    ours.step = no_input_gate
+    assert not torch.allclose(ours(x)[0], ref(x)[0], atol=1e-3)
+    assert rnn_model.CELLS["lstm"][1] is rnn_model.lstm_cell  # only this instance was changed
+
+
+def test_exercise_2_4_clip_by_hand():
+    """Scale every gradient by min(1, tau / ||g||), ||g|| over all of them: what clip_grad_norm_ does."""
+
+    def clip(grads: list[torch.Tensor], tau: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+        norm = torch.sqrt(sum((g ** 2).sum() for g in grads))  # one vector made of every gradient
+        scale = torch.clamp(tau / (norm + 1e-6), max=1.0)      # shrink only when the norm is above tau
+        return [g * scale for g in grads], norm
+
+    torch.manual_seed(0)
+    for tau in (0.5, 1.0, 100.0):  # the last one is above the norm: nothing changes
+        params = [nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(7))]
+        for p in params:
+            p.grad = torch.randn_like(p) * 3
+        mine, norm = clip([p.grad.clone() for p in params], tau)
+        torch_norm = torch.nn.utils.clip_grad_norm_(params, tau)
+        torch.testing.assert_close(norm, torch_norm)
+        for a, p in zip(mine, params):
+            torch.testing.assert_close(a, p.grad)
+        assert torch.sqrt(sum((g ** 2).sum() for g in mine)) <= tau + 1e-4
+
+
+def test_exercise_2_5_temperature_limits():
+    """softmax(z / T): one-hot on the argmax as T -> 0 (greedy), uniform as T -> infinity."""
+    z = torch.tensor([1.0, 3.0, -2.0, 2.5])
+    cold = torch.softmax(z / 1e-3, dim=-1)
+    hot = torch.softmax(z / 1e4, dim=-1)
+    torch.testing.assert_close(cold, torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    torch.testing.assert_close(hot, torch.full((4,), 0.25), atol=1e-3, rtol=0)
+    # the greedy choice is the same at every temperature: T reshapes the distribution, never reorders it
+    for T in (0.5, 1.0, 1.5):
+        assert torch.softmax(z / T, dim=-1).argmax() == z.argmax()

@@ -259,3 +259,76 @@ def test_attention_stats_tell_uniform_from_saturated():
         s = attention_stats(m, batches)
         assert s["attn_entropy"] < 0.2 and s["score_std"] > 5
     assert attention_stats(_model("none"), batches) == {}
+
+
+# ------------------------------------------------------------------ exercises of tutorial 03
+
+def test_exercise_3_1_mask_before_softmax():
+    """-inf before the softmax == zero-and-renormalise after it; zeroing without renormalising loses weight."""
+    torch.manual_seed(0)
+    scores = torch.randn(2, 6)
+    mask = torch.tensor([[True] * 4 + [False] * 2, [True] * 6])
+    before = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)  # what Attention.forward does
+    after = torch.softmax(scores, dim=-1) * mask  # the exercise's variant
+    assert after[0].sum() < 1 - 1e-3 and torch.allclose(after[1].sum(), torch.tensor(1.0))
+    torch.testing.assert_close(after / after.sum(-1, keepdim=True), before)
+    # the model's attention gives the same weights on a padded row
+    keys = torch.randn(2, 6, 8)
+    _, w = DotAttention()(torch.randn(2, 8), keys, mask)
+    assert torch.all(w[0, 4:] == 0) and torch.allclose(w.sum(-1), torch.ones(2))
+
+
+def test_exercise_3_2_softmax_saturation():
+    """d alpha_j / d e_k = alpha_j (delta_jk - alpha_k); it vanishes at a one-hot; q.m has std sqrt(H)."""
+    from torch.autograd.functional import jacobian
+
+    e = torch.tensor([0.3, -1.0, 2.0, 0.5])
+    a = torch.softmax(e, 0)
+    torch.testing.assert_close(jacobian(lambda x: torch.softmax(x, 0), e), torch.diag(a) - a[:, None] * a[None, :])
+    saturated = e * 40  # scores with a spread of ~40: a one-hot softmax
+    assert jacobian(lambda x: torch.softmax(x, 0), saturated).abs().max() < 1e-10
+    H = 128
+    g = torch.Generator().manual_seed(0)
+    q, m = torch.randn(20_000, H, generator=g), torch.randn(20_000, H, generator=g)
+    std = (q * m).sum(-1).std()
+    assert abs(std / H ** 0.5 - 1) < 0.05 and abs((q * m).sum(-1).div(H ** 0.5).std() - 1) < 0.05
+
+
+def test_exercise_3_3_length_penalty():
+    """A: 4 tokens, log p -4.0; B: 8 tokens, log p -5.5. alpha 0 picks A, alpha 1 picks B."""
+    from llmpath.seq2seq.decode import length_penalty
+
+    logp, n = torch.tensor([-4.0, -5.5]), torch.tensor([4, 8])
+    assert (logp / length_penalty(n, 0.0)).argmax() == 0
+    ranked = logp / length_penalty(n, 1.0)
+    torch.testing.assert_close(ranked, torch.tensor([-4.0 / 1.5, -5.5 / (13 / 6)]))
+    assert ranked.argmax() == 1
+
+
+def test_exercise_3_4_attention_parameters():
+    """Bahdanau - none = W_q + W_k (+bias) + v = 16,512; general - dot = W_a (2H x H) = 32,768 (small preset sizes)."""
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    sizes = dict(src_vocab=1700, tgt_vocab=3900, emb=64, hidden=128, attn_dim=64)
+    model = {a: n(Seq2Seq(Seq2SeqConfig(attention=a, **sizes))) for a in ATTENTIONS}
+    assert model["bahdanau"] - model["none"] == 128 * 64 + (128 * 64 + 64) + 64 == 16_512
+    assert model["general"] - model["dot"] == 256 * 128 == 32_768
+    assert n(AdditiveAttention(128, 128, 64)) == 16_512
+    # the tutorial's table: 1,261,244 - 1,244,732 and 1,269,180 - 1,236,412
+    assert (1_261_244 - 1_244_732, 1_269_180 - 1_236_412) == (16_512, 32_768)
+
+
+def test_exercise_3_5_the_backward_direction_must_not_read_padding():
+    """A bidirectional RNN reading right-to-left over padding changes the backward half; reversing within the length does not."""
+    torch.manual_seed(0)
+    H = 6
+    rnn = torch.nn.GRU(4, H, batch_first=True, bidirectional=True)
+    x = torch.randn(1, 3, 4)
+    padded = torch.cat([x, torch.zeros(1, 2, 4)], dim=1)  # two <pad> with a zero embedding
+    alone, in_batch = rnn(x)[0][0], rnn(padded)[0][0, :3]
+    torch.testing.assert_close(alone[:, :H], in_batch[:, :H])  # forward half: padding comes after
+    assert not torch.allclose(alone[:, H:], in_batch[:, H:], atol=1e-4)  # backward half read the padding first
+    # the fix: a one-way RNN over each row reversed within its own length
+    bwd = torch.nn.GRU(4, H, batch_first=True)
+    ref = reverse_padded(bwd(reverse_padded(x, torch.tensor([3])))[0], torch.tensor([3]))
+    got = reverse_padded(bwd(reverse_padded(padded, torch.tensor([3])))[0], torch.tensor([3]))[:, :3]
+    torch.testing.assert_close(ref, got)

@@ -20,7 +20,7 @@ import torch
 from llmpath.common import count_params, get_device, log, map_processes, markdown_table, set_threads, setup_logging, write_json
 from llmpath.config import Command, ConfigError, RunConfig, TrainConfig, build_config, opt, sub
 from llmpath.data import CharTokenizer, RandomWindows, load_text, split_text
-from llmpath.plotting import bar_table, plt, save_fig, training_curves
+from llmpath.plotting import bar_table, plt, save_fig, training_curves, use_cjk
 from llmpath.rnn.lm import CharRNN, LMConfig, hidden_for_budget, lm_loss, perplexity, stream_nll
 from llmpath.rnn.ngram import NGram, bits, max_order
 from llmpath.rnn.words import WordTokenizer
@@ -67,7 +67,7 @@ _TINY = {"threads": 1, "data": "shakespeare-tiny", "eval_tokens": 4000, "ngram_m
 # threads=1: the matrices are small (B=32, H~200) and the cells run step by step, so a second
 # thread mostly adds synchronisation (as in the mlp and seq2seq presets)
 # lr_by_cell: each cell's peak lr is its best val loss on the grid 2e-3 (rnn only), 4e-3, 1e-2, 2e-2, 4e-2
-# at this preset (measured, docs/tutorials/02_rnn_lstm.md section 6): gated cells want larger steps
+# at this preset (measured, docs/tutorials/02_rnn_lstm.md appendix A): gated cells want larger steps
 _SMALL = {"threads": 1, "model.n_embd": 48, "model.n_params": 250_000, "model.block_size": 128,
           "train.batch_size": 32, "train.max_steps": 500, "train.warmup_steps": 30, "train.lr": 4e-3,
           "lr_by_cell": "rnn=4e-3,gru=1e-2,lstm=4e-2", "train.eval_interval": 250}
@@ -80,7 +80,7 @@ PRESETS: dict[str, dict] = {
     "word": {**_SMALL, "level": "word", "vocab_cap": 5000, "model.n_embd": 64, "model.n_params": 1_500_000,
              "model.block_size": 64, "ngram_max_order": 5, "train.lr": 1e-2, "lr_by_cell": ""},
     # base: twice the parameters, six times the steps; gru/lstm lrs from the 2000-step grid of tutorial 02
-    # section 6.1, rnn keeps 4e-3 (2e-3 gave 1.5376 here);
+    # appendix B, rnn keeps 4e-3 (2e-3 gave 1.5376 here);
     # measured val RNN 1.5302, GRU 1.4664, LSTM 1.4897 (seed 1: 1.5161, 1.4707, 1.4768) vs KN 6-gram 1.5121:
     # every bar check passes, but `rnn compare --preset=base --workers=2` takes 13 min 20 s on the idle
     # 2-core machine (8.5x the tour's stage)
@@ -269,9 +269,10 @@ def compare(cfg: RNNRun) -> dict:
     (out / "results.md").write_text(table + "\n", encoding="utf-8")
     names = [f"{n}-gram KN" for n in (matched_n, best_n)] + list(rows)
     values = [ng[matched_n]["val_loss"], ng[best_n]["val_loss"]] + [r["val_loss"] for r in rows.values()]
-    save_fig(bar_table(names, values, title=f"val loss, {cfg.preset} preset (lower is better)", ylabel=f"nats/{cfg.level}"),
+    per = "词" if cfg.level == "word" else "字符"
+    save_fig(bar_table(names, values, title=f"验证损失，{cfg.preset} 预设（越低越好）", ylabel=f"nats/{per}"),
              out / "figures" / "compare.png")
-    refs = {f"{n}-gram KN ({tag})": ng[n]["val_loss"] for n, tag in ngram_tags(result).items()}
+    refs = {f"{n}-gram KN（{tag}）": ng[n]["val_loss"] for n, tag in ngram_tags(result).items()}
     save_fig(_val_curves(cfg, cells, refs), out / "figures" / "val_curves.png")
     write_json(out / "results.json", result)
     print(table)
@@ -282,7 +283,7 @@ def bar_check(result: dict) -> dict:
     """The bar: LSTM and GRU beat the vanilla RNN and the Kneser-Ney n-gram of matched size.
 
     The best n-gram of any order is reported beside it (`best_order`), not judged: at the small preset
-    it stays ahead; the base preset's gated cells pass it too (tutorial 02, section 6.1).
+    it stays ahead; the base preset's gated cells pass it too (tutorial 02, appendix B).
     """
     cells, ng = result["cells"], result["ngram"]
     if not all(c in cells for c in CELL_ORDER):
@@ -296,36 +297,49 @@ def bar_check(result: dict) -> dict:
     return {"checks": checks, "passed": all(checks.values()), "best_order": best_order}
 
 
+TAGS = {"matched size": "同等规模", "best on val": "验证集上最好的阶"}  # how the tables and figures name them
+
+
 def ngram_tags(result: dict) -> dict[int, str]:
-    """The n-gram orders a compare result reports, each with why: {4: 'matched size', 6: 'best on val'}."""
+    """The n-gram orders a compare result reports, each with why: {4: '同等规模', 6: '验证集上最好的阶'}."""
     matched, best = result["ngram_matched_order"], result["ngram_best_order"]
-    return {n: " and ".join(t for t, k in (("matched size", matched), ("best on val", best)) if k == n)
+    return {n: "、".join(TAGS[t] for t, k in (("matched size", matched), ("best on val", best)) if k == n)
             for n in sorted({matched, best})}
+
+
+def _check_label(check: str) -> str:
+    """'lstm < 4-gram (matched size)' -> 'LSTM < 4-gram（同等规模）' (the keys of bar_check stay English)."""
+    for cell in CELL_ORDER:
+        check = check.replace(f"{cell} <", f"{cell.upper()} <").replace(f"< {cell}", f"< {cell.upper()}")
+    return check.replace(" (matched size)", "（同等规模）").replace(" (best order)", "（验证集上最好的阶）")
 
 
 def results_table(result: dict) -> str:
     """Markdown table: model, parameters (or n-gram counts), steps, val loss, bits per char; then the bar."""
     level = result["level"]
-    unit = "perplexity" if level == "word" else "bits/char"
+    unit, per = ("困惑度", "词") if level == "word" else ("bits/字符", "字符")
     metric = (lambda x: f"{perplexity(x):.1f}") if level == "word" else (lambda x: f"{bits(x):.3f}")
     ng = result["ngram"]
-    rows = [[f"{n}-gram Kneser-Ney ({tag})", "numpy", f"{ng[str(n)]['counts']:,} counts", "-", "-", ng[str(n)]["seconds"],
+    rows = [[f"{n}-gram Kneser-Ney（{tag}）", "numpy", f"{ng[str(n)]['counts']:,} 个计数", "-", "-", ng[str(n)]["seconds"],
              f"{ng[str(n)]['val_loss']:.4f}", metric(ng[str(n)]["val_loss"])] for n, tag in ngram_tags(result).items()]
-    rows += [[f"{cell.upper()} (hidden {r['hidden']})", r["impl"], f"{r['params']:,} params", f"{r.get('lr', float('nan')):g}",
+    rows += [[f"{cell.upper()}（隐藏维度 {r['hidden']}）", r["impl"], f"{r['params']:,} 个参数", f"{r.get('lr', float('nan')):g}",
               r["steps"], r["seconds"], f"{r['val_loss']:.4f}", metric(r["val_loss"])] for cell, r in result["cells"].items()]
-    table = markdown_table(["model", "impl", "size", "peak lr", "steps", "train s", f"val loss (nats/{level})", unit],
+    table = markdown_table(["模型", "实现", "规模", "峰值学习率", "步数", "训练秒数", f"验证损失 (nats/{per})", unit],
                            rows, "lllrrrrr")
     bar = result.get("bar", {})
     if bar.get("checks"):
-        table += "\n\nbar: " + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in bar["checks"].items())
+        table += "\n\n达标线：" + "，".join(f"{_check_label(k)} {'PASS' if v else 'FAIL'}" for k, v in bar["checks"].items())
     if bar.get("best_order"):
-        table += "\n\nbeside the bar: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in bar["best_order"].items())
+        table += "\n\n达标线之外的对照：" + "，".join(f"{_check_label(k)} {'是' if v else '否'}"
+                                                for k, v in bar["best_order"].items())
     return table
 
 
 def _val_curves(cfg: RNNRun, cells: list[str], refs: dict[str, float] | None = None):
     """Left: train and val loss of each cell against the step. Right: val only, zoomed, with the
     `refs` ({label: val loss}, the n-grams) as horizontal lines, so a crossing is easy to see."""
+    use_cjk()
+    per = "词" if cfg.level == "word" else "字符"
     fig, (ax, az) = plt.subplots(1, 2, figsize=(11, 4.6))
     vals = []
     for cell in cells:
@@ -333,16 +347,16 @@ def _val_curves(cfg: RNNRun, cells: list[str], refs: dict[str, float] | None = N
         tr = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
         va = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
         if tr:
-            line, = ax.plot(*zip(*tr), alpha=0.6, label=f"{cell} train")
+            line, = ax.plot(*zip(*tr), alpha=0.6, label=f"{cell.upper()} 训练")
             if va:
-                ax.plot(*zip(*va), "o--", color=line.get_color(), label=f"{cell} val")
-                az.plot(*zip(*va), "o-", color=line.get_color(), label=f"{cell} ({va[-1][1]:.4f})")
+                ax.plot(*zip(*va), "o--", color=line.get_color(), label=f"{cell.upper()} 验证")
+                az.plot(*zip(*va), "o-", color=line.get_color(), label=f"{cell.upper()}（{va[-1][1]:.4f}）")
                 vals += [v for _, v in va]
     for (label, value), style in zip((refs or {}).items(), (":", "-.")):
-        az.axhline(value, color="0.35", ls=style, lw=1.2, label=f"{label} ({value:.4f})")
+        az.axhline(value, color="0.35", ls=style, lw=1.2, label=f"{label}（{value:.4f}）")
         vals.append(value)
-    ax.set(xlabel="step", ylabel=f"loss (nats/{cfg.level})", title=f"{' vs '.join(c.upper() for c in cells)}, same parameters and steps")
-    az.set(xlabel="step", ylabel=f"val loss (nats/{cfg.level})", title="val loss against the n-gram baselines")
+    ax.set(xlabel="步数", ylabel=f"损失 (nats/{per})", title=f"{' / '.join(c.upper() for c in cells)}：同参数量、同步数")
+    az.set(xlabel="步数", ylabel=f"验证损失 (nats/{per})", title="验证损失与 n-gram 基线")
     if vals:
         pad = 0.05 * (max(vals) - min(vals) or 1.0)
         az.set_ylim(min(vals) - pad, max(vals) + pad)
@@ -370,7 +384,7 @@ def figures(cfg: RNNRun) -> dict:
     T = 150 if len(val_ids) > 2000 else 40
     starts = np.random.default_rng(cfg.seed).integers(0, len(val_ids) - T - 1, 16)
     windows = torch.as_tensor(np.stack([val_ids[s:s + T + 1] for s in starts]))
-    fig, ratios = ex.vanishing_gradients({"at initialisation": fresh_models, "trained (this preset)": trained}, windows)
+    fig, ratios = ex.vanishing_gradients({"刚初始化": fresh_models, f"训练后（{cfg.preset} 预设）": trained}, windows)
     paths = [save_fig(fig, out / "vanishing_gradients.png")]
     small = cfg.preset == "tiny"
     fig, exploding = ex.exploding_gradients(train_ids, tok.vocab_size, steps=30 if small else 150,

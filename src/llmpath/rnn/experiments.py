@@ -18,7 +18,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from llmpath.plotting import heatmap, plt
+from llmpath.plotting import heatmap, plt, use_cjk
 from llmpath.rnn.lm import CharRNN, LMConfig
 from llmpath.rnn.model import RNN
 
@@ -47,15 +47,16 @@ def grad_norms_over_time(model: CharRNN, ids: Tensor) -> np.ndarray:
 
 def vanishing_gradients(panels: dict[str, dict[str, CharRNN]], ids: Tensor) -> tuple[Figure, dict]:
     """Log-scale gradient norm against distance from the loss; one panel per group of models."""
+    use_cjk()
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     ratios: dict[str, dict[str, float]] = {}
     for ax, (title, models) in zip(axes[0], panels.items()):
         ratios[title] = {}
         for name, model in models.items():
             g = grad_norms_over_time(model, ids)
-            ax.semilogy(np.arange(len(g)), g, label=name)
+            ax.semilogy(np.arange(len(g)), g, label=name.upper())
             ratios[title][name] = float(g[min(100, len(g) - 1)] / g[0])  # share of the signal left after 100 steps
-        ax.set(xlabel="distance from the loss (time steps)", ylabel="mean ||dL/dh_t|| (log scale)", title=title)
+        ax.set(xlabel="与损失所在步的距离（时间步）", ylabel="‖∂ℓ_T / ∂h_t‖ 的批均值（对数坐标）", title=title)
         ax.grid(alpha=0.3, which="both")
         ax.legend()
     fig.tight_layout()
@@ -81,7 +82,7 @@ def exploding_gradients(ids: np.ndarray, vocab_size: int, steps: int = 150, bloc
 
     batches = RandomWindows(ids, block_size, batch_size, seed=seed)
     curves = {}
-    for name, max_norm in (("no clipping", 0.0), (f"clip norm {clip:g}", clip)):
+    for name, max_norm in (("no clipping", 0.0), (f"clip norm {clip:g}", clip)):  # keys of the summary
         torch.manual_seed(seed)
         model = CharRNN(LMConfig(cell="rnn", vocab_size=vocab_size, n_embd=32, n_hidden=n_hidden, impl="torch"))
         with torch.no_grad():
@@ -101,15 +102,17 @@ def exploding_gradients(ids: np.ndarray, vocab_size: int, steps: int = 150, bloc
                 break  # training is dead: the weights are inf/NaN
             opt.step()
         curves[name] = {"loss": losses, "grad_norm": norms}
+    use_cjk()
+    shown = {"no clipping": "不裁剪", f"clip norm {clip:g}": f"裁剪到范数 {clip:g}"}
     fig, (ax_l, ax_g) = plt.subplots(1, 2, figsize=(10, 3.6))
     for name, c in curves.items():
         loss = np.array(c["loss"], dtype=float)
-        ax_l.plot(np.where(np.isfinite(loss), loss, np.nan), label=name)
-        ax_g.semilogy(c["grad_norm"], label=name)
+        ax_l.plot(np.where(np.isfinite(loss), loss, np.nan), label=shown[name])
+        ax_g.semilogy(c["grad_norm"], label=shown[name])
         if len(loss) < steps:
-            ax_l.axvline(len(loss) - 1, color="red", ls=":", label=f"{name}: loss is inf/NaN")
-    ax_l.set(xlabel="step", ylabel="train loss (nats/char)", title=f"vanilla RNN, SGD lr={lr:g}")
-    ax_g.set(xlabel="step", ylabel="gradient norm before clipping (log)", title="gradient norm")
+            ax_l.axvline(len(loss) - 1, color="red", ls=":", label=f"{shown[name]}：损失变成 inf/NaN")
+    ax_l.set(xlabel="步数", ylabel="训练损失 (nats/字符)", title=f"vanilla RNN，SGD 学习率 {lr:g}")
+    ax_g.set(xlabel="步数", ylabel="裁剪前的梯度范数（对数坐标）", title="梯度范数")
     for ax in (ax_l, ax_g):
         ax.grid(alpha=0.3)
         ax.legend()
@@ -154,11 +157,12 @@ def gate_heatmap(model: CharRNN, text: str, ids: list[int], n_units: int = 16) -
     trace, _ = lstm_trace(model, ids)
     units = np.argsort(-trace["forget"].std(0))[:n_units]  # the units whose forget gate moves most
     fig, axes = plt.subplots(3, 1, figsize=(max(8, 0.22 * len(text) + 2), 9), sharex=True)
+    names = {"input": "输入门 i", "forget": "遗忘门 f", "output": "输出门 o"}
     for ax, gate in zip(axes, ("input", "forget", "output")):
         heatmap(trace[gate][:, units].T, xlabels=[_label(c) for c in text], ylabels=[str(u) for u in units],
-                title=f"{gate} gate (0 = closed, 1 = open)", ax=ax, cmap="viridis", ylabel="unit")
+                title=f"{names[gate]}（0 = 关，1 = 开）", ax=ax, cmap="viridis", ylabel="单元编号")
         ax.images[0].set_clim(0, 1)
-    axes[-1].set_xlabel("input character")
+    axes[-1].set_xlabel("输入字符")
     fig.tight_layout()
     return fig
 
@@ -192,6 +196,7 @@ def unit_over_text(model: CharRNN, text: str, ids: list[int], unit: int | None =
     rows = []  # wrap the text into lines of at most `width` characters
     for line_start, line in _wrap(text, width):
         rows.append([(line_start + j, ch) for j, ch in enumerate(line)])
+    use_cjk()
     fig, ax = plt.subplots(figsize=(0.16 * width + 1, 0.3 * len(rows) + 0.8))
     lim = max(abs(act).max(), 1e-6)
     for r, row in enumerate(rows):
@@ -202,8 +207,8 @@ def unit_over_text(model: CharRNN, text: str, ids: list[int], unit: int | None =
     ax.set_xlim(-0.1, 0.16 * width + 0.2)
     ax.set_ylim(-0.3 * len(rows), 0.3)
     ax.axis("off")
-    ax.set_title(f"LSTM hidden unit {unit}: blue = negative, red = positive"
-                 + (f" (corr. with speaker-name lines {corr:+.2f})" if not math.isnan(corr) else ""))
+    ax.set_title(f"LSTM 第 {unit} 号隐藏单元：蓝 = 负，红 = 正"
+                 + (f"（与“说话人名字行”的相关系数 {corr:+.2f}）" if not math.isnan(corr) else ""))
     return fig, unit, corr
 
 

@@ -73,7 +73,7 @@ def save_fig(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     return path
 
 
-def training_curves(rows: Sequence[dict], title: str = "training") -> Figure:
+def training_curves(rows: Sequence[dict], title: str = "训练") -> Figure:
     """Train/val loss against step (left) and the learning rate (right) from metrics.jsonl rows."""
     use_cjk()
     fig, (ax, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -82,21 +82,21 @@ def training_curves(rows: Sequence[dict], title: str = "training") -> Figure:
     lr = [(r["step"], r["lr"]) for r in rows if "lr" in r]
     if train:
         s, v = zip(*train)
-        ax.plot(s, v, label="train", alpha=0.5 if len(s) > 50 else 1.0)
+        ax.plot(s, v, label="训练损失", alpha=0.5 if len(s) > 50 else 1.0)
         if len(v) > 20:
             k = max(5, len(v) // 20)
             smooth = np.convolve(v, np.ones(k) / k, mode="valid")
-            ax.plot(s[k - 1:], smooth, label=f"train (mean of {k})")
+            ax.plot(s[k - 1:], smooth, label=f"训练损失（{k} 次记录的滑动平均）")
     if val:
         s, v = zip(*val)
-        ax.plot(s, v, "o-", label="val")
-    ax.set(xlabel="step", ylabel="loss", title=title)
+        ax.plot(s, v, "o-", label="验证损失")
+    ax.set(xlabel="步数", ylabel="损失", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
     if lr:
         s, v = zip(*lr)
         ax_lr.plot(s, v, color="tab:green")
-    ax_lr.set(xlabel="step", ylabel="learning rate", title="schedule")
+    ax_lr.set(xlabel="步数", ylabel="学习率", title="学习率调度")
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()
     return fig

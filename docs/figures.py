@@ -52,6 +52,8 @@ DIAGRAMS: dict[str, str] = {
     # chapter 3
 
     # chapter 4
+    "04_attention_kinds.png": "llmpath.transformer.diagrams:attention_kinds_figure",
+    "04_ln_placement.png": "llmpath.transformer.diagrams:ln_placement_figure",
 
     # chapter 5a
 

@@ -58,6 +58,7 @@ DIAGRAMS: dict[str, str] = {
     # chapter 5a
 
     # chapter 5
+    "05_causal_mask.png": "llmpath.gpt.diagrams:causal_mask_figure",
 
 }
 

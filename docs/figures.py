@@ -56,11 +56,14 @@ DIAGRAMS: dict[str, str] = {
     "03_attention_step.png": "llmpath.seq2seq.diagrams:attention_figure",
 
     # chapter 4
+    "04_attention_kinds.png": "llmpath.transformer.diagrams:attention_kinds_figure",
+    "04_ln_placement.png": "llmpath.transformer.diagrams:ln_placement_figure",
 
     # chapter 5a
     "05a_bpe_merges.png": "llmpath.tokenizers.diagrams:merge_figure",
 
     # chapter 5
+    "05_causal_mask.png": "llmpath.gpt.diagrams:causal_mask_figure",
 
 }
 

@@ -255,3 +255,73 @@ def test_torchrun_cli_matches_one_process(tmp_path):
         torch.testing.assert_close(ddp["model"][k], one["model"][k], atol=1e-5, rtol=1e-4)
     summary = json.loads((tmp_path / "ddp" / "gpt" / "tiny" / "results.json").read_text())
     assert summary["world_size"] == 2
+
+
+# --------------------------------------------------------------------- exercises of docs/tutorials/05_gpt.md
+
+def test_exercise_5_1_the_targets_are_the_inputs_shifted_by_one():
+    model = tiny()
+    ids = torch.randint(0, 23, (2, 9))
+    x, y = ids[:, :-1], ids[:, 1:]  # position t reads x_1..x_t and is scored on x_{t+1}
+    logits, loss = model(x, y)
+    manual = torch.nn.functional.cross_entropy(logits.reshape(-1, 23), y.reshape(-1))
+    torch.testing.assert_close(loss, manual)
+    torch.testing.assert_close(lm_loss(model, (x, y)), manual)
+
+
+def test_exercise_5_2_untying_the_head_adds_a_vocab_by_width_table():
+    from torch import nn
+
+    from llmpath.gpt.model import MODEL_PRESETS
+
+    model = GPT(GPTConfig(vocab_size=79, **MODEL_PRESETS["small"]))
+    assert model.num_params() == 811_648
+    model.lm_head.weight = nn.Parameter(model.wte.weight.detach().clone())  # what deleting the tying line does
+    assert model.num_params() == 811_648 + 79 * 128
+
+
+def test_exercise_5_3_kv_cache_of_gpt2_small_in_bf16():
+    from llmpath.gpt.model import MODEL_PRESETS
+
+    cfg = GPTConfig(**MODEL_PRESETS["gpt2"])
+    bf16 = KVCache(cfg, batch_size=1, dtype=torch.bfloat16).nbytes()
+    assert bf16 == 2 * 12 * 1 * 1024 * 768 * 2 == 36 * 2**20  # 2 (K and V) x layers x batch x T x C x bytes
+    assert 32 * bf16 == 1.125 * 2**30  # a batch of 32: 1.125 GiB
+
+
+def test_exercise_5_4_doubling_the_width_costs_about_four_times_the_flops_per_token():
+    from llmpath.gpt.model import MODEL_PRESETS
+
+    small = GPT(GPTConfig(vocab_size=79, **MODEL_PRESETS["small"]))
+    wide = GPT(GPTConfig(vocab_size=79, **{**MODEL_PRESETS["small"], "n_embd": 256}))
+    ratio = wide.flops_per_token() / small.flops_per_token()
+    assert 3.7 < ratio < 3.9  # N grows ~4x (matrices are C x C), attention's 12 L T C only 2x
+    assert round(1000 / ratio) == 262  # steps that keep 6ND the same: about a quarter, not half
+    assert small.flops_per_token() * 1000 * 16 * 64 == pytest.approx(5.34e12, rel=1e-3)  # section 8's 5.3 TFLOP
+
+
+def test_exercise_5_5_top_p_keeps_the_smallest_set_that_reaches_p():
+    from llmpath.gpt.generate import process_logits
+
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    kept = lambda p: torch.isfinite(process_logits(logits, top_p=p))[0].tolist()  # noqa: E731
+    assert kept(0.9) == [True, True, True, False]  # 0.5 + 0.3 < 0.9 <= 0.5 + 0.3 + 0.15
+    assert kept(0.5) == [True, False, False, False]
+    assert kept(0.81) == [True, True, True, False]
+    flat = torch.zeros(1, 4)  # a flat distribution keeps more tokens at the same p: the set adapts
+    assert torch.isfinite(process_logits(flat, top_p=0.9)).sum() == 4
+
+
+def test_exercise_5_6_without_the_causal_mask_a_position_sees_its_answer(monkeypatch):
+    import llmpath.gpt.model as gpt_model
+
+    x = torch.randint(0, 23, (1, 10))
+    later = x.clone()
+    later[0, 5] = (later[0, 5] + 1) % 23  # change the character that position 4 must predict
+    model = tiny()
+    with torch.no_grad():
+        torch.testing.assert_close(model(later)[0][:, :5], model(x)[0][:, :5])  # masked: the past cannot tell
+        real = gpt_model.scaled_dot_product_attention
+        monkeypatch.setattr(gpt_model, "scaled_dot_product_attention",
+                            lambda q, k, v, mask=None, causal=False, **kw: real(q, k, v, **kw))  # no mask at all
+        assert not torch.allclose(model(later)[0][:, :5], model(x)[0][:, :5])  # position 4 now reads its target

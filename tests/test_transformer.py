@@ -479,3 +479,100 @@ def test_bar_without_stage3_runs_uses_stage3_measured_best(tmp_path):
     ours["test"]["greedy"]["bleu"] = 7.5
     assert not compare_table(ours, str(tmp_path), "small")[1]["passed"]
     assert not compare_table(ours, str(tmp_path), "tiny")[1]["passed"]  # no reference for tiny: run stage 3 first
+
+
+# ------------------------------------------------------------------ figures: the sentence the attention maps show
+
+def test_pick_sentence_prefers_an_exact_translation_then_the_best_sentence_bleu():
+    from llmpath.seq2seq.data import Example, tokenize_en
+    from llmpath.transformer.figures import pick_sentence
+
+    def ex(zh, en):
+        return Example(zh, en, list(zh), tokenize_en(en))
+
+    sents = [ex("对不起。没关系。", "Sorry. It's okay."), ex("我想喝水。", "I want to drink water."),
+             ex("他是老师。", "He is a teacher.")]
+    # case and spacing do not count: the second one is right word for word
+    assert pick_sentence(sents, ["Not not for your greetings.", "i want to drink water .", "He is a teacher."], "en") == 1
+    # nothing exact: the highest sentence BLEU wins (the third shares the most n-grams with its reference)
+    assert pick_sentence(sents, ["Not not.", "I want water.", "He is a good teacher."], "en") == 2
+    with pytest.raises(ValueError, match="one translation per sentence"):
+        pick_sentence(sents, ["x"], "en")
+
+
+# ------------------------------------------------------------------ exercises of docs/tutorials/04_transformer.md
+
+def test_exercise_4_1_encoder_without_positions_is_permutation_equivariant():
+    torch.manual_seed(0)
+    m = Transformer(_tiny(pos="none")).eval()
+    src = torch.tensor([[4, 5, 6, 7, 8, 9]])
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    with torch.no_grad():
+        memory, _ = m.encode(src)
+        memory_perm, _ = m.encode(src[:, perm])
+    torch.testing.assert_close(memory_perm, memory[:, perm], atol=1e-6, rtol=1e-5)
+    # with sinusoidal positions the same permutation changes the representations, not just their order
+    with torch.no_grad():
+        pos = Transformer(_tiny(pos="sinusoidal")).eval()
+        assert not torch.allclose(pos.encode(src[:, perm])[0], pos.encode(src)[0][:, perm], atol=1e-3)
+
+
+def test_exercise_4_2_heads_split_the_width_without_new_parameters():
+    sizes = {h: sum(p.numel() for p in MultiHeadAttention(128, h).parameters()) for h in (1, 2, 4, 8)}
+    assert set(sizes.values()) == {4 * (128 * 128 + 128)} == {66_048}  # the `self_attn` rows of the table
+    x = torch.randn(2, 5, 128)
+    for h in (1, 2, 4, 8):
+        _, w = MultiHeadAttention(128, h)(x, need_weights=True)
+        assert w.shape == (2, h, 5, 5)  # h maps of d_k = 128 / h dimensions each
+
+
+def test_exercise_4_3_without_the_scale_the_softmax_saturates():
+    torch.manual_seed(0)
+    for d_k in (64, 512):
+        q, k, v = torch.randn(1000, 1, d_k), torch.randn(1000, 10, d_k), torch.randn(1000, 10, 4)
+        scores = q @ k.transpose(-2, -1)
+        assert float(scores.std()) == pytest.approx(math.sqrt(d_k), rel=0.1)  # the dot product's spread grows
+        _, scaled = scaled_dot_product_attention(q, k, v)
+        unscaled = torch.softmax(scores, -1)
+        # mean weight of the strongest key among 10: about 1/3 with the scale, near one-hot without it
+        assert float(scaled.max(-1).values.mean()) < 0.4 < 0.8 < float(unscaled.max(-1).values.mean())
+
+
+def test_exercise_4_4_half_the_small_model_is_its_two_embedding_tables():
+    # the small preset's shape with the hsk-pairs vocabularies (1,760 characters, 3,900 English words)
+    m = Transformer(TransformerConfig(src_vocab=1760, tgt_vocab=3900, n_layer=2, n_head=4, n_embd=128, n_ff=256))
+    total = sum(p.numel() for p in m.parameters())
+    emb = sum(p.numel() for p in m.src_embed.parameters()) + sum(p.numel() for p in m.tgt_embed.parameters())
+    assert (total, emb) == (1_387_520, 1760 * 128 + 3900 * 128) and round(emb / total, 2) == 0.52
+    untied = Transformer(TransformerConfig(src_vocab=1760, tgt_vocab=3900, n_layer=2, n_head=4, n_embd=128, n_ff=256,
+                                           tie_weights=False))
+    assert sum(p.numel() for p in untied.parameters()) - total == 3900 * 128  # an output table of its own
+
+
+def test_exercise_4_5_the_cache_feeds_one_position_per_step():
+    torch.manual_seed(0)
+    m = Transformer(_tiny()).eval()
+    src, _ = _src_tgt()
+    fed = []
+    hook = m.decoder.layers[0].register_forward_pre_hook(lambda mod, args: fed.append(args[0].shape[1]))
+    try:
+        steps = greedy(m, src, max_len=12, use_cache=False).tokens.shape[1]
+        uncached, fed[:] = list(fed), []
+        greedy(m, src, max_len=12, use_cache=True)
+    finally:
+        hook.remove()
+    assert uncached == list(range(1, steps + 1))  # the whole prefix again at every step: L (L + 1) / 2 positions
+    assert fed == [1] * steps  # one new position per step: L positions
+
+
+def test_exercise_4_6_with_label_smoothing_a_perfect_model_still_pays_the_targets_entropy():
+    V, eps = 3900, 0.1
+    q = torch.full((1, V), eps / V)
+    q[0, 5] += 1 - eps  # the smoothed target: 1 - eps on the reference word, eps spread over the vocabulary
+    entropy = float(-(q * q.log()).sum())
+    assert entropy == pytest.approx(1.15, abs=0.01)
+    best = label_smoothed_cross_entropy(q.log(), torch.tensor([5]), eps)
+    assert float(best) == pytest.approx(entropy, abs=1e-4)
+    sharper = torch.full((1, V), -20.0)
+    sharper[0, 5] = 20.0  # nearly one-hot: very sure of the right word, and punished for it
+    assert float(label_smoothed_cross_entropy(sharper, torch.tensor([5]), eps)) > 3 * entropy

@@ -82,14 +82,14 @@ def training_curves(rows: Sequence[dict], title: str = "训练曲线") -> Figure
     lr = [(r["step"], r["lr"]) for r in rows if "lr" in r]
     if train:
         s, v = zip(*train)
-        ax.plot(s, v, label="训练", alpha=0.5 if len(s) > 50 else 1.0)
+        ax.plot(s, v, label="训练损失", alpha=0.5 if len(s) > 50 else 1.0)
         if len(v) > 20:
             k = max(5, len(v) // 20)
             smooth = np.convolve(v, np.ones(k) / k, mode="valid")
-            ax.plot(s[k - 1:], smooth, label=f"训练（{k} 点滑动平均）")
+            ax.plot(s[k - 1:], smooth, label=f"训练损失（{k} 次记录的滑动平均）")
     if val:
         s, v = zip(*val)
-        ax.plot(s, v, "o-", label="验证")
+        ax.plot(s, v, "o-", label="验证损失")
     ax.set(xlabel="步数", ylabel="损失", title=title)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -57,7 +57,7 @@ def _model(name: str) -> dict:
 
 # `small` is nanoGPT's CPU shape (4 layers, 4 heads, 128 wide, context 64) with a faster recipe than
 # nanoGPT's (batch 12, lr 1e-3, 2000 steps): a 5x larger peak lr with beta2 0.95, a short warmup and
-# batch 16 reach the same val loss with about 60% of the tokens (docs/tutorials/05_gpt.md, "recipe").
+# batch 16 reach a lower val loss with about 2/3 of the tokens (docs/tutorials/05_gpt.md, appendix A).
 # One thread, as in the other topics; the tutorial's numbers were measured with one.
 PRESETS: dict[str, dict] = {
     "tiny": {**_model("tiny"), "threads": 1, "data": "shakespeare-tiny", "eval_tokens": 2048, "sample_tokens": 50,
@@ -129,7 +129,7 @@ def train(cfg: GPTRun) -> dict:
     res = fit(model, lm_loss, batches, cfg.train, run=run, device=device, unit="tokens", evaluate=evaluate)
     if rank != 0:
         return {}
-    curves = save_fig(training_curves(read_metrics(run.path / "metrics.jsonl"), f"GPT {cfg.preset or ''} {cfg.data}"),
+    curves = save_fig(training_curves(read_metrics(run.path / "metrics.jsonl"), f"GPT（{cfg.preset or '自定义'}）：{cfg.data}"),
                       run.figures / "curves.png")
     summary = {"data": cfg.data, "tokenizer": cfg.tokenizer, "init_from": cfg.init_from, "params": count_params(model),
                "steps": res.step, "val_loss": res.best, "train_loss": res.train_loss, "seconds": round(res.seconds, 1),

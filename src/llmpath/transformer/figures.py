@@ -86,9 +86,10 @@ def structure_figure(model: Transformer) -> Figure:
     n = {name: k for name, k in parameter_table(model)}
     enc_layer = sum(v for k, v in n.items() if k.startswith("encoder.layers.0."))
     dec_layer = sum(v for k, v in n.items() if k.startswith("decoder.layers.0."))
-    norm = "Add & Norm" if c.norm == "post" else "Norm → 子层 → Add"
+    norm = "子层 → 加残差 → LayerNorm" if c.norm == "post" else "LayerNorm → 子层 → 加残差"
     # encoder column
-    box(0.5, 0.5, 3.5, 0.8, f"源语言 token（字）\n嵌入 × √{c.n_embd} + {c.pos} 位置编码", "#dde8f5")
+    pos = {"sinusoidal": "正弦", "learned": "可学习的", "none": "无"}[c.pos]
+    box(0.5, 0.5, 3.5, 0.8, f"源句词元（中文按字）\n嵌入 × √{c.n_embd} + {pos}位置编码", "#dde8f5")
     box(0.5, 2.2, 3.5, 3.6, "", "#f4f4f4")
     ax.text(2.25, 5.5, f"编码器层 × {c.enc_depth}（每层 {enc_layer:,} 参数）", ha="center", fontsize=9)
     box(0.8, 2.5, 2.9, 0.8, f"多头自注意力（{c.n_head} 头）\n{norm}", "#fbe3c8")
@@ -97,7 +98,7 @@ def structure_figure(model: Transformer) -> Figure:
     for a, b in ((1.3, 2.2), (3.3, 3.9), (4.7, 6.4)):
         arrow(2.25, a, 2.25, b)
     # decoder column
-    box(5.5, 0.5, 4, 0.8, f"目标 token（右移一位）\n嵌入 × √{c.n_embd} + 位置编码", "#dde8f5")
+    box(5.5, 0.5, 4, 0.8, f"目标词元（右移一位）\n嵌入 × √{c.n_embd} + {pos}位置编码", "#dde8f5")
     box(5.5, 2.2, 4, 5.0, "", "#f4f4f4")
     ax.text(7.5, 6.9, f"解码器层 × {c.dec_depth}（每层 {dec_layer:,} 参数）", ha="center", fontsize=9)
     box(5.8, 2.5, 3.4, 0.8, f"带因果掩码的自注意力\n{norm}", "#fbe3c8")
@@ -115,15 +116,44 @@ def structure_figure(model: Transformer) -> Figure:
     return fig
 
 
+def pick_sentence(examples: Sequence, hyps: Sequence[str], tgt_lang: str) -> int:
+    """Index of the sentence to draw: the first whose translation equals its reference word for word (the
+    reference's own tokenization, so case and spacing do not count), else the best sentence BLEU (first on ties).
+
+    pick_sentence([Example("好。", "Good.", ["好", "。"], ["good", "."])], ["good ."], "en") -> 0
+    """
+    from sacrebleu.metrics import BLEU
+
+    from llmpath.seq2seq.data import TOKENIZE
+
+    if not examples or len(examples) != len(hyps):
+        raise ValueError(f"need one translation per sentence, got {len(hyps)} for {len(examples)}")
+    tokenize = TOKENIZE[tgt_lang]
+    for i, (e, h) in enumerate(zip(examples, hyps)):
+        if tokenize(h) == e.tgt_tokens:
+            return i
+    metric = BLEU(tokenize="zh" if tgt_lang == "zh" else "13a", lowercase=tgt_lang == "en", effective_order=True)
+    bleus = [metric.sentence_score(h, [e.tgt_text]).score for e, h in zip(examples, hyps)]
+    return bleus.index(max(bleus))
+
+
 def all_figures(run: Path, data) -> list[Path]:
-    """PE figure, attention grids of one test sentence of `data`, structure diagram: into <run>/figures/."""
+    """PE figure, attention grids of one test sentence of `data`, structure diagram: into <run>/figures/.
+
+    The sentence is a short one (5-9 source tokens) that the model translates correctly (`pick_sentence`),
+    so the maps show attention at work rather than a model's mistake.
+    """
     from llmpath.runs import load_run
+    from llmpath.seq2seq.translation import translate_examples
     from llmpath.transformer.decode import greedy
 
     model, vocab, cfg = load_run(run)
     figs = run / "figures"
     paths = [save_fig(positional_encoding_figure(64, cfg.model.n_embd), figs / "positional_encoding.png")]
-    e = next(e for e in data.test if 5 <= len(e.src_tokens) <= 9)
+    short = [e for e in data.test if 5 <= len(e.src_tokens) <= 9]
+    hyps, _ = translate_examples(model, lambda m, src, src_len, beam, lp, max_len: greedy(m, src, max_len),
+                                 short, vocab, max_len=cfg.max_len)
+    e = short[pick_sentence(short, hyps, vocab.tgt_lang)]
     src = torch.tensor([vocab.src_vocab.encode(e.src_tokens)])
     out = vocab.tgt_vocab.decode(greedy(model, src, cfg.max_len).tokens[0])
     tgt_in = torch.tensor([[1] + vocab.tgt_vocab.encode(out)])

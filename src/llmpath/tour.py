@@ -93,7 +93,7 @@ def summary_rows(results: list[dict]) -> list[list[str]]:
              f"{r['seconds']:.0f}" + (" (earlier run)" if r.get("earlier") else "")] for r in results]
 
 
-SUMMARY_HEAD = ["stage", "topic", "metric", "value", "bar", "pass", "time (s)"]
+SUMMARY_HEAD = ["阶段", "主题", "指标", "数值", "门槛", "结果", "秒"]
 
 
 def summary_table(results: list[dict]) -> str:

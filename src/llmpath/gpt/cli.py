@@ -370,8 +370,8 @@ def classify(cfg: ClassifyRun) -> dict:
 def classify_table(result: dict) -> str:
     rows = [[f"GPT {name}", f"{r['test_acc']:.4f}", f"{r['test_macro_f1']:.4f}", r["steps"], f"{r['seconds']:.0f}"]
             for name, r in result["rows"].items()]
-    rows.append(["majority class", f"{result['majority_acc']:.4f}", "", "", ""])
-    return markdown_table(["model", "test accuracy", "test macro-F1", "steps", "seconds"], rows)
+    rows.append(["多数类基线", f"{result['majority_acc']:.4f}", "", "", ""])
+    return markdown_table(["模型", "测试集准确率", "测试集宏 F1", "步数", "秒"], rows)
 
 
 # ---------------------------------------------------------------------------- finetune
@@ -443,7 +443,7 @@ def strategies(cfg: SampleRun, n_samples: int = 4, length: int = 200) -> str:
         real = sum(w in words for w in found) / max(len(found), 1)
         example = texts[0][:60].replace("\n", " / ").replace("|", "/")
         rows.append([name, f"{np.mean(nll):.3f}", f"{len(set(grams)) / max(len(grams), 1):.2f}", f"{real:.0%}", f"`{example}`"])
-    table = markdown_table(["strategy", "nats/char under the model", "distinct 4-grams", "real words", "example"], rows,
+    table = markdown_table(["解码策略", "模型自评（奈特/字符）", "不重复的 4-gram 比例", "真实单词比例", "示例"], rows,
                            "lrrrl")
     print(table)
     return table
@@ -459,12 +459,12 @@ def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> Stage
     speed = cache_speed(model, tok, n=min(200, model.cfg.block_size - 2))
     val = summary["val_loss"]
     bar = {"tiny": 4.0, "small": 2.0}.get(preset, 2.0)  # tiny: clearly better than uniform (ln 73 = 4.29)
-    table = (markdown_table(["preset", "params", "steps", "val loss (nats/char)", "time (s)", "tokens/s"],
+    table = (markdown_table(["预设", "参数量", "步数", "验证损失（奈特/字符）", "秒", "词元/秒"],
                             [[preset, f"{summary['params']:,}", summary["steps"], f"{val:.4f}", f"{summary['seconds']:.0f}",
                               f"{summary['tokens_per_s']:,}"]])
-             + f"\n\nKV cache: {speed['with_cache']:.0f} tokens/s with, {speed['without_cache']:.0f} without "
-             f"({speed['speedup']:.1f}x), identical tokens: {speed['identical']}"
-             f"\n\nsample (temperature 0.8, top-k 50):\n\n```text\n{summary['sample'][:400]}\n```")
+             + f"\n\nKV 缓存：带缓存 {speed['with_cache']:.0f} 词元/秒，不带 {speed['without_cache']:.0f} 词元/秒"
+             f"（{speed['speedup']:.1f} 倍），贪心输出逐词元相同：{'是' if speed['identical'] else '否'}"
+             f"\n\n示例（温度 0.8，top-k 50）：\n\n```text\n{summary['sample'][:400]}\n```")
     return StageResult("val loss (nats/char)", val, f"val loss < {bar}", val < bar, table, summary["figures"])
 
 

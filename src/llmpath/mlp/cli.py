@@ -133,7 +133,7 @@ def train_torch_mlp(cfg: MLPRun, f: Features, run: Path, device) -> tuple[TorchM
 def results_table(results: dict) -> str:
     rows = [[ds, m, f"{100 * r[m]['test']['accuracy']:.2f}", f"{100 * r[m]['test']['macro_f1']:.2f}"]
             for ds, r in results["datasets"].items() for m in MODELS]
-    return markdown_table(["dataset", "model", "test accuracy", "test macro-F1"], rows, "llrr")
+    return markdown_table(["数据集", "模型", "测试集准确率", "测试集宏 F1"], rows, "llrr")
 
 
 def bar(results: dict) -> dict:

@@ -128,10 +128,10 @@ def compression_table(rows: list[dict]) -> str:
     cells = [[r["text"], r["vocab_size"], f"{r['ours_tpc']:.3f}", f"{r['hf_tpc']:.3f}", f"{r['overlap']:.1%}",
               f"{r['ours_s']:.2f}", f"{r['hf_s']:.2f}"] if "hf_tpc" in r else
              [r["text"], r["vocab_size"], f"{r['ours_tpc']:.3f}", "-", "-", f"{r['ours_s']:.2f}", "-"] for r in rows]
-    table = markdown_table(["text", "vocab", "ours tokens/char", "HF tokens/char", "vocab overlap (Jaccard)", "ours train s",
-                            "HF train s"], cells)
+    table = markdown_table(["文本", "词表大小", "我们：每字符词元数", "HF：每字符词元数", "词表重合度（Jaccard）", "我们：训练秒",
+                            "HF：训练秒"], cells)
     if not all("hf_tpc" in r for r in rows):
-        table += "\n\n(- : Hugging Face `tokenizers` is not installed; `make test` or `pip install -e '.[dev]'` adds it)"
+        table += "\n\n（-：没有安装 Hugging Face `tokenizers`；`make test` 或 `pip install -e '.[dev]'` 会装上）"
     return table
 
 

@@ -8,13 +8,14 @@ PRESET ?= small
 PYTEST_ARGS ?=
 TOUR_ARGS ?=
 
-.PHONY: tour test test-fast install dev bench docs-figures clean help chromium
+.PHONY: tour test test-fast install dev bench docs-figures docs-notebooks clean help chromium
 
 help:
 	@echo "make tour    create .venv, install, run every tutorial (preset $(PRESET)), write runs/tour/report.*"
 	@echo "make test    same venv plus dev deps, run pytest (every test, slow ones too)"
 	@echo "make test-fast  the tests not marked slow: the edit loop"
 	@echo "make docs-figures copy the tutorials' figures from finished runs into docs/tutorials/figures/"
+	@echo "make docs-notebooks run notebooks/ (tiny preset) and write the copies with outputs to docs/notebooks/"
 	@echo "make install create .venv and install llmpath"
 	@echo "make bench   run the speed benchmarks in benchmarks/"
 	@echo "make clean   remove .venv, runs/ and caches"
@@ -55,6 +56,10 @@ test-fast: $(VENV)/.installed-dev
 # the package never writes into the repository; this copies chosen figures of finished runs (see docs/figures.py)
 docs-figures: $(VENV)/.installed
 	$(BIN)/python docs/figures.py
+
+# notebooks/ is committed without outputs; this writes executed copies (tiny preset) that GitHub renders (see docs/notebooks.py)
+docs-notebooks: $(VENV)/.installed-dev
+	$(BIN)/python docs/notebooks.py
 
 # The tour report's browser test needs Debian's chromium; install it when we can (root + apt).
 chromium:

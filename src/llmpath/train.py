@@ -334,8 +334,8 @@ def fit(
             save_checkpoint({"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
                              "scheduler": {"step": step, "schedule": cfg.schedule}, "step": step, "best": best,
                              "rng": _rng_state(), **meta}, ckpt_dir / f"{name}.pt")
-            if name == "last":
-                saved = step
+        if name == "last":
+            saved = step  # on every rank: they decide together whether a stop needs one more checkpoint
         if sync:
             _barrier(world)  # no rank reads a checkpoint before rank 0 has written it
 

@@ -151,3 +151,16 @@ def test_checkpoints_of_a_run_record_its_topic_config_and_tokenizer(tmp_path):
     assert json.loads((run.path / "config.json").read_text())["model"]["width"] == 7
     write_json(run.path / "results.json", {"config": run.key})
     assert run.key["model"]["width"] == 4 and finished(toy(tmp_path), "toy") is not None  # recognised as asked
+
+
+def test_a_finished_run_whose_figure_went_missing_trains_again_but_other_options_are_refused(tmp_path):
+    cfg = toy(tmp_path)
+    run = start_run(cfg, "toy")
+    fig = run.figures / "a.png"
+    fig.write_bytes(b"png")
+    run.finish({"figures": [fig]})
+    fig.unlink()
+    assert finished(cfg, "toy") is None
+    start_run(toy(tmp_path), "toy")  # the same options: drawing the run again loses nothing
+    with pytest.raises(ConfigError, match=r"already holds a finished run \(model.width differ\)"):
+        start_run(toy(tmp_path, "--width=9"), "toy")

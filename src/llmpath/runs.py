@@ -115,9 +115,11 @@ def check_folder(cfg: Any, path: Path, key: dict) -> None:
             old = read_json(results).get("config", {})
         except (OSError, ValueError, AttributeError):
             old = {}
-        what = ", ".join(_differences(old, key)[:4]) or "the same options"
-        raise ConfigError(f"{path} already holds a finished run ({what} differ); choose another --name, "
-                          f"or --fresh to replace it")
+        differ = _differences(old, key)
+        if not differ:
+            return  # the same run, reused unless a figure it lists went missing: training it again loses nothing
+        raise ConfigError(f"{path} already holds a finished run ({', '.join(differ[:4])} differ); choose another "
+                          f"--name, or --fresh to replace it")
     if last.exists():
         raise ConfigError(f"{path} holds an interrupted run; continue it with --train.resume, "
                           f"or --fresh to start over")

@@ -117,6 +117,13 @@ def test_sparse_input_equals_dense():
 ])
 def test_optimizers_match_torch(ours, theirs):
     """Five steps of our update rules == torch.optim's on the same model and batch."""
+    m, t = five_steps_both(ours, theirs)
+    for ln, lt in zip(m.linears(), t.linears()):
+        np.testing.assert_allclose(ln.params["W"], lt.weight.detach().numpy().T, rtol=1e-7, atol=1e-9)
+
+
+def five_steps_both(ours, theirs):
+    """(our MLP, the torch MLP with the same weights) after five steps of `ours` / `theirs` on one batch."""
     m = MLP((5, 4, 3), "tanh", seed=4, dtype=np.float64)
     t = TorchMLP((5, 4, 3), "tanh").double().from_numpy(m)
     x, y = rng(11).standard_normal((6, 5)), np.array([0, 1, 2, 0, 1, 2])
@@ -127,8 +134,7 @@ def test_optimizers_match_torch(ours, theirs):
         ot.zero_grad()
         torch.nn.functional.cross_entropy(t(torch.from_numpy(x)), torch.from_numpy(y)).backward()
         ot.step()
-    for ln, lt in zip(m.linears(), t.linears()):
-        np.testing.assert_allclose(ln.params["W"], lt.weight.detach().numpy().T, rtol=1e-7, atol=1e-9)
+    return m, t
 
 
 def test_hidden_layer_solves_xor_and_linear_does_not():
@@ -340,16 +346,8 @@ def test_exercise_1_6_adamw_decouples_weight_decay_like_torch():
             layer.params[key] *= 1 - self.lr * self.weight_decay  # ... the decay shrinks the weights directly
             super().update(layer, key, g)
 
-    m = MLP((5, 4, 3), "tanh", seed=4, dtype=np.float64)
-    t = TorchMLP((5, 4, 3), "tanh").double().from_numpy(m)
-    x, y = rng(11).standard_normal((6, 5)), np.array([0, 1, 2, 0, 1, 2])
-    o, ot = AdamW(m, 0.01, weight_decay=0.1), torch.optim.AdamW(t.parameters(), lr=0.01, weight_decay=0.1)
-    for _ in range(5):
-        m.loss_and_grads(x, y)
-        o.step()
-        ot.zero_grad()
-        torch.nn.functional.cross_entropy(t(torch.from_numpy(x)), torch.from_numpy(y)).backward()
-        ot.step()
+    m, t = five_steps_both(lambda m: AdamW(m, 0.01, weight_decay=0.1),
+                           lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1))
     for ln, lt in zip(m.linears(), t.linears()):
         np.testing.assert_allclose(ln.params["W"], lt.weight.detach().numpy().T, rtol=1e-7, atol=1e-9)
         np.testing.assert_allclose(ln.params["b"], lt.bias.detach().numpy(), rtol=1e-7, atol=1e-9)

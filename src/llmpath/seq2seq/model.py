@@ -298,14 +298,3 @@ def seq2seq_loss(model: nn.Module, batch: dict, teacher_forcing: float = 1.0, la
     logits, _ = model(batch["src"], batch["src_len"], batch["tgt_in"], teacher_forcing)
     return F.cross_entropy(logits.flatten(0, 1), batch["tgt_out"].flatten(), ignore_index=PAD,
                            label_smoothing=label_smoothing)
-
-
-def token_nll(model: nn.Module, batches: list[dict], device="cpu") -> tuple[float, int]:
-    """Summed NLL and token count over evaluation batches (teacher forced)."""
-    total, n = 0.0, 0
-    for b in batches:
-        b = {k: v.to(device) for k, v in b.items()}
-        logits, _ = model(b["src"], b["src_len"], b["tgt_in"])
-        total += F.cross_entropy(logits.flatten(0, 1), b["tgt_out"].flatten(), ignore_index=PAD, reduction="sum").item()
-        n += int((b["tgt_out"] != PAD).sum())
-    return total, n

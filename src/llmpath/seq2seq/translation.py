@@ -102,12 +102,11 @@ def scores(hyps: list[str], examples, vocab) -> dict:
             "chrf": chrf(hyps, refs, vocab.tgt_lang, lowercase=lower)}
 
 
-def evaluate_split(model, decode: Callable, data, cfg: TranslationRun, device="cpu", split: str = "test",
-                   modes: tuple[str, ...] = ("greedy", "beam")) -> dict:
+def evaluate_split(model, decode: Callable, data, cfg: TranslationRun, device="cpu", split: str = "test") -> dict:
     """{"greedy": scores + 8 samples, "beam": ...} on one split of `data`."""
     examples = getattr(data, split)
     out = {}
-    for mode in modes:
+    for mode in ("greedy", "beam"):
         beam = 1 if mode == "greedy" else cfg.beam
         hyps, _ = translate_examples(model, decode, examples, data, device, beam, cfg.length_penalty, cfg.max_len)
         out[mode] = scores(hyps, examples, data)

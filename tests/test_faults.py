@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from llmpath.cli import _message, main
-from llmpath.config import ConfigError, TrainConfig, build_config, leaves
-from llmpath.runs import load_run, lock_folder, start_run, unlock_folder
+from llmpath.config import ConfigError, TrainConfig, leaves
+from llmpath.runs import load_run, lock_folder, unlock_folder
 from llmpath.train import TrainingError, fit, load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent

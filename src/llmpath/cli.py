@@ -56,6 +56,7 @@ def run_topic(topic: str, argv: list[str]) -> int:
     if name not in commands:
         raise ConfigError(f"unknown command '{name}' for {topic}; choose one of: {', '.join(commands)}")
     cmd = commands[name]
+    presets = presets if cmd.presets is None else cmd.presets
     if any(a in ("-h", "--help") for a in rest):
         pos = " ".join(f"<{p}>" for p in cmd.positional)
         print(f"usage: llmpath {topic} {name} {pos} [--key=value ...]\n\n{cmd.help}\n")

@@ -338,10 +338,14 @@ def help_text(cls: type, presets: dict[str, dict] | None = None) -> str:
 
 @dataclass(frozen=True)
 class Command:
-    """A topic sub-command: `fn(cfg)` run with a config built from `config` + presets + argv."""
+    """A topic sub-command: `fn(cfg)` run with a config built from `config` + presets + argv.
+
+    `presets`: this command's own presets (same names as the topic's, more keys: e.g. finetuning options
+    that the pretraining config does not have); None = the topic's PRESETS."""
 
     fn: Any
     config: type
     help: str
     positional: tuple[str, ...] = ()
     examples: tuple[str, ...] = ()
+    presets: dict | None = None

@@ -82,5 +82,15 @@ TOPIC_LIST: list[Topic] = [
                    "输出与不缓存完全相同；"
                    "权重与 Hugging Face GPT2LMHeadModel 互相导入导出、logits 一致；"
                    "最后把预训练模型微调到分类和新领域。")),
+    Topic("bert", "llmpath.bert", "stage 6: BERT, MLM + NSP pretraining and finetuning, equal to Hugging Face's BertForPreTraining",
+          stage="6", stage_title="BERT：双向编码器，MLM + NSP 预训练与分类微调",
+          tutorial="docs/tutorials/06_bert.md", notebook="notebooks/06_bert.ipynb",
+          config="llmpath.bert.pretrain:BERTRun", model="llmpath.bert.model:BERTPretraining",
+          tokenizer="llmpath.tokenizers:from_state_dict",
+          teaches=("只有编码器、双向注意力的 BERT（词元 + 句段 + 位置嵌入、Post-LN、GELU、池化层、与词嵌入共享权重的 MLM 头、NSP 头），"
+                   "复制权重后与 Hugging Face BertForPreTraining 的输出、损失和梯度一致；自己训练 WordPiece 词表"
+                   "（编码与 BertTokenizer 逐 id 相同）；在维基百科样本、莎士比亚和两份分类数据的训练文本上做掩码语言模型"
+                   "与下一句预测预训练；再微调到英文推文与中文评论分类，与同一模型从零训练、TF-IDF 逻辑回归比较，"
+                   "给出配对自助法区间。")),
 ]
 TOPICS: dict[str, Topic] = {t.name: t for t in TOPIC_LIST}

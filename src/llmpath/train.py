@@ -218,6 +218,8 @@ def _shard(batch: Any, rank: int, world: int) -> Any:
         return batch[rank * n // world:(rank + 1) * n // world]
     if isinstance(batch, dict):
         return {k: _shard(v, rank, world) for k, v in batch.items()}
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # a NamedTuple takes its fields positionally
+        return type(batch)(*(_shard(v, rank, world) for v in batch))
     if isinstance(batch, (list, tuple)):
         return type(batch)(_shard(v, rank, world) for v in batch)
     return batch

@@ -1,7 +1,9 @@
-"""BPE training time (ours vs the naive loop vs Hugging Face `tokenizers`) and encode MB/s (ours vs tiktoken).
+"""BPE training time (ours vs the naive loop vs Hugging Face `tokenizers`) and encode MB/s (ours vs tiktoken);
+WordPiece training time and encode MB/s (ours vs tokenizers' and transformers' BERT tokenizers).
 
-    .venv/bin/python benchmarks/bench_tokenizers.py            # ~5 min on 2 cores
-    .venv/bin/python benchmarks/bench_tokenizers.py --quick    # smaller naive runs, ~1 min
+    .venv/bin/python benchmarks/bench_tokenizers.py              # ~6 min on 2 cores
+    .venv/bin/python benchmarks/bench_tokenizers.py --quick      # smaller naive runs, ~2 min
+    .venv/bin/python benchmarks/bench_tokenizers.py --wordpiece  # only WordPiece, ~1 min
 
 Training text: the first 1,000,000 characters of `shakespeare` (1.0 MB) and of the Chinese text
 (chinese-reviews + hsk, ~2.9 MB of UTF-8). The naive loop recounts every pair each merge, so it is
@@ -121,6 +123,89 @@ def compression(en: str, en_held: str, zh: str, zh_held: str, sizes: list[int]) 
                   f"{r['overlap']:.1%} |")
 
 
+# ------------------------------------------------------------------------------ WordPiece
+
+def wordpiece_text(chars: int) -> tuple[list[str], list[str]]:
+    """(training lines, held-out lines): the first `chars` characters of shakespeare, of the tweets and of the
+    Chinese text (~5 MB of UTF-8 at 1M each), and the next chars // 2 of each."""
+    from llmpath.data import load_classification
+
+    sources = [load_text("shakespeare"), "\n".join(load_classification("tweets").texts), chinese_text()]
+    train = [line for s in sources for line in s[:chars].split("\n")]
+    held = [line for s in sources for line in s[chars:chars + chars // 2].split("\n") if line.strip()]
+    return train, held
+
+
+def wordpiece(chars: int, vocab: int, repeats: int, legacy_lines: int) -> None:
+    """Training time (ours, both scores, vs HF tokenizers' WordPieceTrainer) and encoding speed against
+    tokenizers.BertWordPieceTokenizer (Rust), transformers.BertTokenizer (Rust since transformers 5) and
+    transformers' pure-Python BertTokenizerLegacy, on held-out lines; all ids asserted equal."""
+    import tokenizers
+    import transformers
+    from transformers.models.bert.tokenization_bert_legacy import BertTokenizerLegacy
+
+    from llmpath.tokenizers import WordPiece
+    from llmpath.tokenizers.wordpiece import SPECIALS, count_words, train_vocab
+
+    train, held = wordpiece_text(chars)
+    mb, held_mb = (sum(len(t.encode("utf-8")) + 1 for t in x) / 1e6 for x in (train, held))
+    print(f"\n## WordPiece training: {mb:.2f} MB ({len(train):,} lines: shakespeare, tweets, Chinese), vocab {vocab}")
+    t_count, counts = timed(lambda: count_words(train), repeats)
+    t_ours, tok = timed(lambda: WordPiece.train(train, vocab), repeats)
+    t_lik, lik = timed(lambda: train_vocab(counts, vocab, score="likelihood"), repeats)
+
+    def hf_train():
+        t = tokenizers.BertWordPieceTokenizer(lowercase=True)
+        t.train_from_iterator(train, vocab_size=vocab, min_frequency=2, special_tokens=list(SPECIALS),
+                              limit_alphabet=vocab, show_progress=False)
+        return t
+
+    t_hf, hf_trained = timed(hf_train, repeats)
+    threads = 1 if os.environ.get("TOKENIZERS_PARALLELISM", "").lower() in ("false", "0") else os.cpu_count()
+    held_text = "\n".join(held)
+    tpc = lambda ids: len(ids) / len(held_text)  # noqa: E731 - tokens per character of the held-out text
+    hf_vocab = set(hf_trained.get_vocab())
+    print("| trainer | seconds | held-out tokens/char | shared tokens with ours |\n|---|---|---|---|")
+    print(f"| ours, frequency (default) | {t_ours:.2f} (word counting {t_count:.2f}) | "
+          f"{tpc(tok.encode(held_text)):.3f} | - |")
+    print(f"| ours, likelihood score (from the counts) | {t_lik:.2f} | {tpc(WordPiece(lik).encode(held_text)):.3f} | "
+          f"{len(set(lik) & set(tok.vocab)):,} / {len(lik):,} |")
+    print(f"| HF tokenizers WordPieceTrainer (Rust, {threads} thread(s)) | {t_hf:.2f} | "
+          f"{tpc(hf_trained.encode(held_text, add_special_tokens=False).ids):.3f} | "
+          f"{len(hf_vocab & set(tok.vocab)):,} / {len(hf_vocab):,} |")
+
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        tok.save(d)
+        rust = tokenizers.BertWordPieceTokenizer(f"{d}/vocab.txt", lowercase=True)
+        hf = transformers.BertTokenizer.from_pretrained(d)
+        legacy = BertTokenizerLegacy(f"{d}/vocab.txt", do_lower_case=True)
+    rust._tokenizer.encode_special_tokens = True  # "[MASK]" in text is text, as in ours
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # encode_batch on one thread, like ours
+    t_cold, ids = timed(lambda: WordPiece(tok.vocab).encode_batch(held), repeats)
+    t_warm, _ = timed(lambda: tok.encode_batch(held), repeats + 1)
+    t_rust, ref = timed(lambda: [e.ids for e in rust.encode_batch(held, add_special_tokens=False)], repeats)
+    t_tf, ref_tf = timed(lambda: hf(held, add_special_tokens=False, split_special_tokens=True)["input_ids"], repeats)
+    assert ids == ref == ref_tf, "ours and Hugging Face disagree"
+    few = held[:legacy_lines]
+    few_mb = sum(len(t.encode("utf-8")) + 1 for t in few) / 1e6
+    t_leg, ref_leg = timed(lambda: [legacy.encode(t, add_special_tokens=False) for t in few])
+    t_few, ours_few = timed(lambda: WordPiece(tok.vocab).encode_batch(few))
+    same = sum(a == b for a, b in zip(ours_few, ref_leg))
+    print(f"\n## WordPiece encode: {held_mb:.2f} MB held out, {len(held):,} lines, {sum(map(len, ids)):,} tokens "
+          "(identical ids)")
+    print("| encoder | MB/s | time / ours (cold) |\n|---|---|---|")
+    print(f"| ours, cold cache | {held_mb / t_cold:.1f} | 1.00x |")
+    print(f"| ours, warm cache | {held_mb / t_warm:.1f} | {t_warm / t_cold:.2f}x |")
+    print(f"| tokenizers.BertWordPieceTokenizer.encode_batch (Rust, 1 thread) | {held_mb / t_rust:.1f} | "
+          f"{t_rust / t_cold:.2f}x |")
+    print(f"| transformers.BertTokenizer (Rust backend, 1 thread) | {held_mb / t_tf:.1f} | {t_tf / t_cold:.2f}x |")
+    print(f"| transformers BertTokenizerLegacy (pure Python), first {len(few):,} lines ({few_mb:.2f} MB) | "
+          f"{few_mb / t_leg:.2f} | {t_leg / t_few:.1f}x (ours cold on the same lines) |")
+    print(f"(the legacy tokenizer gives our ids on {same:,} of {len(few):,} lines; it NFC-normalizes and drops "
+          "unassigned code points, which the Rust one and ours do not)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chars", type=int, default=1_000_000, help="training characters (1M = ~1 MB of Shakespeare)")
@@ -129,9 +214,18 @@ def main() -> None:
     ap.add_argument("--naive-chars", type=int, default=50_000, help="naive at the full vocabulary: this many chars")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of the fast paths (median)")
     ap.add_argument("--quick", action="store_true", help="naive runs 20 merges / 30k chars; 1 repeat")
+    ap.add_argument("--wordpiece", action="store_true", help="only the WordPiece section")
+    ap.add_argument("--wp-chars", type=int, default=1_000_000,
+                    help="WordPiece training characters from each of shakespeare, tweets, Chinese (1M each: ~5 MB)")
+    ap.add_argument("--wp-vocab", type=int, default=8000, help="WordPiece vocabulary size")
+    ap.add_argument("--legacy-lines", type=int, default=3000,
+                    help="held-out lines for the slow pure-Python BertTokenizer")
     args = ap.parse_args()
     if args.quick:
         args.naive_merges, args.naive_chars, args.repeats = 20, 30_000, 1
+    if args.wordpiece:
+        wordpiece(args.wp_chars, args.wp_vocab, args.repeats, args.legacy_lines)
+        return
     full = load_text("shakespeare")
     en, en_held = full[:args.chars], full[args.chars:args.chars + 2_000_000]
     zh_all = chinese_text()
@@ -144,6 +238,7 @@ def main() -> None:
     encoding(tok_zh, zh_held, "Chinese", args.repeats)
     long_pieces(tok_en, tok_zh, zh_held, args.repeats)
     compression(en, en_held[:500_000], zh, zh_held, [1024, 4096, 16384])
+    wordpiece(args.wp_chars, args.wp_vocab, args.repeats, args.legacy_lines)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
     save(tok, "tok/")      # tok/bpe.tiktoken, tok/vocab.json, tok/merges.txt, tok/llmpath_bpe.json
     load("tok/")           # any folder holding one of the two forms (e.g. the real GPT-2 files)
     load("gpt2.tiktoken", pattern="gpt2")
+    load("wp/")            # a folder with a BERT vocab.txt: a WordPiece (WordPiece.save writes one)
+    from_state_dict(d)     # d["kind"]: "bpe" (or none), "wordpiece", "char"
 
 tiktoken's form is one line per token: base64(token bytes), a space, its rank. Hugging Face's form
 spells each byte as a printable character (GPT-2's bytes_to_unicode: 'Ġ' is the space byte) and
@@ -17,8 +19,10 @@ from functools import lru_cache
 from pathlib import Path
 
 from llmpath.data.corpora import DataError
+from llmpath.data.tokenizers import CharTokenizer
 from llmpath.tokenizers.bpe import Merge, bpe_parts
 from llmpath.tokenizers.tokenizer import ENDOFTEXT, Tokenizer
+from llmpath.tokenizers.wordpiece import VOCAB_FILE, WordPiece
 
 TIKTOKEN_FILE, META_FILE = "bpe.tiktoken", "llmpath_bpe.json"
 
@@ -149,13 +153,18 @@ def save(tok: Tokenizer, folder: str | Path) -> Path:
     return folder
 
 
-def load(path: str | Path, pattern: str | None = None, special_tokens: dict[str, int] | None = None) -> Tokenizer:
+def load(path: str | Path, pattern: str | None = None,
+         special_tokens: dict[str, int] | None = None) -> Tokenizer | WordPiece:
     """A folder (ours, or one with vocab.json + merges.txt or a .tiktoken file), or a ranks/vocab file.
+    A folder or file that is a BERT vocab.txt (and no BPE form) gives a WordPiece (WordPiece.load).
 
     A tiktoken ranks file alone carries no special tokens: <|endoftext|> gets the next id (GPT-2's rule)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"tokenizer path '{path}' does not exist; train one: llmpath tokenizer train --out {path}")
+    bpe_forms = path.is_dir() and (any(path.glob("*.tiktoken")) or (path / "vocab.json").exists())
+    if path.name == VOCAB_FILE or (path.is_dir() and (path / VOCAB_FILE).exists() and not bpe_forms):
+        return WordPiece.load(path if path.is_dir() else path.parent)
     folder = path if path.is_dir() else path.parent
     meta = json.loads((folder / META_FILE).read_text(encoding="utf-8")) if (folder / META_FILE).exists() else {}
     pattern = pattern or meta.get("pattern", "gpt2")
@@ -183,7 +192,12 @@ def to_state_dict(tok: Tokenizer) -> dict:
             "merges": None if tok.merges is None else [[a, b, i] for (a, b), i in tok.merges]}
 
 
-def from_state_dict(d: dict) -> Tokenizer:
+def from_state_dict(d: dict) -> Tokenizer | WordPiece | CharTokenizer:
+    """Any tokenizer's state_dict() back: d["kind"] is "wordpiece", "char", or "bpe" (also when absent)."""
+    if d.get("kind") == "wordpiece":
+        return WordPiece.from_state_dict(d)
+    if d.get("kind") == "char":
+        return CharTokenizer.from_state_dict(d)
     ranks = {base64.b64decode(t): r for t, r in d["tokens"]}
     merges = None if d.get("merges") is None else [((a, b), i) for a, b, i in d["merges"]]
     return Tokenizer(ranks, d["pattern"], d["special_tokens"], merges)

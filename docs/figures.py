@@ -40,6 +40,10 @@ FIGURES: dict[str, tuple[str, str]] = {
     "04_attn_decoder_self.png": ("transformer/small/figures/attn_decoder_self.png", "llmpath transformer figures"),
     "04_attn_cross.png": ("transformer/small/figures/attn_cross.png", "llmpath transformer figures"),
     "05_gpt_small_curves.png": ("gpt/small/figures/curves.png", "llmpath gpt train"),
+    "06_small_curves.png": ("bert/small/figures/curves.png", "llmpath bert train"),
+    "06_attention.png": ("bert/small/figures/attention.png", "llmpath bert figures"),
+    "06_cls_pca_chinese-reviews.png": ("bert/small/figures/cls_pca_chinese-reviews.png",
+                                       "llmpath bert compare && llmpath bert figures"),
 }
 
 
@@ -65,6 +69,9 @@ DIAGRAMS: dict[str, str] = {
     # chapter 5
     "05_causal_mask.png": "llmpath.gpt.diagrams:causal_mask_figure",
 
+    # chapter 6
+    "06_bidirectional_vs_causal.png": "llmpath.bert.diagrams:bidirectional_vs_causal_figure",
+    "06_masking.png": "llmpath.bert.diagrams:masking_figure",
 }
 
 

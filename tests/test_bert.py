@@ -175,3 +175,142 @@ def test_paired_bootstrap_interval():
     b[:200] = False  # b is wrong on 200 examples where a may be right: a is better
     g = paired_bootstrap(a, b)
     assert g["diff"] == pytest.approx((a.sum() - b.sum()) / 2000) and 0 < g["lo"] <= g["diff"] <= g["hi"]
+
+
+# --------------------------------------------------------------------- exercises of docs/tutorials/06_bert.md
+
+def _word_vocab(n_words: int = 995) -> WordPiece:
+    """The five specials (ids 0-4) and n_words ordinary tokens w0, w1, ...: enough for mask_tokens."""
+    from llmpath.tokenizers.wordpiece import SPECIALS
+
+    return WordPiece([*SPECIALS, *(f"w{i}" for i in range(n_words))])
+
+
+def test_exercise_6_1_the_shares_of_80_10_10():
+    from llmpath.bert.data import mask_tokens
+
+    tok = _word_vocab()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, tok.vocab_size, (512, 102), generator=g)
+    ids[:, 0], ids[:, -1] = tok.cls_id, tok.sep_id  # 100 ordinary tokens a row: 15 chosen in each
+    masked, labels = mask_tokens(ids, g, tok)
+    ordinary = ids >= 5
+    chosen = labels != -100
+    assert (chosen.sum(1) == 15).all() and not (chosen & ~ordinary).any()
+    n = ordinary.sum().item()
+    as_mask = (chosen & (masked == tok.mask_id)).sum().item() / n
+    replaced = (chosen & (masked != tok.mask_id) & (masked != ids)).sum().item() / n
+    kept = (chosen & (masked == ids)).sum().item() / n
+    # of every 100 ordinary tokens: 12 shown as [MASK], 1.5 replaced by a random token, 1.5 left as they were
+    assert abs(as_mask - 0.12) < 0.003 and abs(replaced - 0.015) < 0.002 and abs(kept - 0.015) < 0.002
+    # a token the model sees as an ordinary word (not [MASK]) is a random replacement about 1.7% of the time
+    looks_ordinary = ordinary & (masked != tok.mask_id)
+    assert abs((looks_ordinary & (masked != ids)).sum().item() / looks_ordinary.sum().item() - 0.015 / 0.88) < 0.002
+
+
+def test_exercise_6_2_logits_at_the_masked_positions_only():
+    from llmpath.bert.data import mask_tokens
+    from llmpath.bert.model import IGNORE, BERTConfig, BERTPretraining
+
+    tok = _word_vocab(95)
+    torch.manual_seed(0)
+    cfg = BERTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=32, n_ff=64, max_len=64, dropout=0.0)
+    model = BERTPretraining(cfg).eval()
+    ids = torch.randint(5, tok.vocab_size, (4, 42))
+    ids[:, 0], ids[:, -1] = tok.cls_id, tok.sep_id  # 40 ordinary tokens a row: 6 chosen in each
+    x, labels = mask_tokens(ids, 0, tok)
+    with torch.no_grad():
+        full, _ = model(x)  # (4, 42, V): every position
+        picked, _ = model(x, mlm_labels=labels)  # (24, V): the masked positions only
+    at = labels != IGNORE
+    torch.testing.assert_close(picked, full[at], atol=1e-6, rtol=1e-6)
+    # multiply-adds of the decoder (n_embd x V): N rows instead of B x T
+    ratio = picked.shape[0] * cfg.n_embd * cfg.vocab_size / (ids.numel() * cfg.n_embd * cfg.vocab_size)
+    assert picked.shape[0] == 24 and ratio == pytest.approx(6 / 42)
+
+
+def test_exercise_6_3_a_word_to_the_right_moves_bert_not_gpt():
+    from llmpath.bert.model import BERTConfig, BERTPretraining
+    from llmpath.gpt.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    bert_model = BERTPretraining(BERTConfig(vocab_size=30, n_layer=2, n_head=2, n_embd=16, n_ff=32, max_len=16,
+                                            dropout=0.0)).eval()
+    gpt = GPT(GPTConfig(vocab_size=30, n_layer=2, n_head=2, n_embd=16, block_size=16)).eval()
+    with torch.no_grad():  # larger random weights than the N(0, 0.02) init, so every effect is clearly visible
+        for p in [*bert_model.parameters(), *gpt.parameters()]:
+            p.add_(0.3 * torch.randn_like(p))
+    a = torch.tensor([[2, 7, 4, 9, 11, 12, 3]])  # [CLS] w [MASK] w w w [SEP]: the [MASK] at position 2
+    b = a.clone()
+    b[0, 4] = 20  # change one word to the right of the [MASK]
+    with torch.no_grad():
+        moved = (bert_model(a)[0][0, 2] - bert_model(b)[0][0, 2]).abs().max()
+        gpt_a, gpt_b = gpt(a)[0], gpt(b)[0]
+    assert moved > 1e-3  # BERT's guess at position 2 read position 4
+    torch.testing.assert_close(gpt_a[0, :4], gpt_b[0, :4])  # GPT's first four positions cannot see position 4
+    assert (gpt_a[0, 4:] - gpt_b[0, 4:]).abs().max() > 1e-3
+
+
+def test_exercise_6_4_the_tied_mlm_head_and_an_untied_one():
+    from torch import nn
+
+    from llmpath.bert.model import BERTConfig, BERTPretraining
+    from llmpath.common import count_params
+
+    V, C = 8000, 128  # the default WordPiece vocabulary, the small preset's width
+    cfg = BERTConfig(vocab_size=V, n_layer=2, n_head=2, n_embd=C, n_ff=4 * C, max_len=64)
+    model = BERTPretraining(cfg)
+    assert count_params(model) == 1_470_786
+    assert count_params(model.bert.tok) == V * C == 1_024_000  # the word embeddings: 70% of the model
+    own = count_params(model.mlm) - V * C  # the head's own: dense, LayerNorm, output bias
+    assert own == C * C + C + 2 * C + V == 24_768
+    model.mlm.decoder.weight = nn.Parameter(model.bert.tok.weight.detach().clone())  # untie
+    assert count_params(model) == 1_470_786 + V * C == 2_494_786
+
+
+def test_exercise_6_5_greedy_longest_match_first_and_unk():
+    from llmpath.tokenizers.wordpiece import SPECIALS
+
+    tok = WordPiece([*SPECIALS, "un", "##aff", "##af", "##f", "##able", "##abl"])
+    assert tok.tokenize("unaffable") == ["un", "##aff", "##able"]  # the longest piece at every step
+    no_e = WordPiece([*SPECIALS, "un", "##aff", "##abl"])
+    assert no_e.tokenize("unaffable") == ["[UNK]"]  # no piece covers the last "e": the whole word is [UNK]
+    assert no_e.tokenize("unaff unaffable") == ["un", "##aff", "[UNK]"]  # only that word
+    # greedy is not a search: "ab" first leaves "c", which no "##" piece covers, though a + ##bc would have
+    greedy = WordPiece([*SPECIALS, "a", "ab", "##bc"])
+    assert greedy.tokenize("abc") == ["[UNK]"] and greedy.tokenize("a") == ["a"]
+    assert [greedy.id_to_token(i) for i in (greedy.token_to_id("a"), greedy.token_to_id("##bc"))] == ["a", "##bc"]
+
+
+def test_exercise_6_6_the_unigram_baseline_and_the_output_bias():
+    import math
+
+    import torch.nn.functional as F
+
+    from llmpath.bert.data import Example, unigram_log_probs, unigram_mlm_loss
+    from llmpath.bert.model import BERTConfig, BERTPretraining
+    from llmpath.bert.objectives import PretrainBatch
+
+    # vocabulary of 8: five specials, a = 5, b = 6, c = 7. Training text "a a a b"; masked targets a and c.
+    train = [Example([5, 5, 5], [6], False)]
+    labels = torch.tensor([[-100, 5, -100, 7]])
+    held = [PretrainBatch(labels, labels, labels, torch.tensor([0]))]
+    # add-one counts: 1 for each special, a 4, b 2, c 1 -> 12 in all; H = -(ln 4/12 + ln 1/12) / 2 = ln 6
+    assert unigram_mlm_loss(train, held, vocab_size=8) == pytest.approx(math.log(6))
+    assert unigram_log_probs(train, 8).exp().tolist() == pytest.approx([1 / 12] * 5 + [4 / 12, 2 / 12, 1 / 12])
+
+    # unigram_bias: with the output bias at log q the untrained model already scores like the unigram model
+    V = 60
+    counts = torch.tensor([0.0] * 5 + [round(1000 * 2 ** (-i / 4)) for i in range(V - 5)]) + 1
+    log_q = (counts / counts.sum()).log()
+    torch.manual_seed(0)
+    model = BERTPretraining(BERTConfig(vocab_size=V, n_layer=1, n_head=2, n_embd=32, n_ff=64, max_len=32)).eval()
+    ids = torch.multinomial(log_q.exp(), 32 * 32, replacement=True, generator=torch.Generator().manual_seed(1))
+    ids = ids.view(32, 32)
+    with torch.no_grad():
+        before = F.cross_entropy(model(ids)[0].flatten(0, 1), ids.flatten()).item()
+        model.mlm.decoder.bias.copy_(log_q)
+        after = F.cross_entropy(model(ids)[0].flatten(0, 1), ids.flatten()).item()
+    unigram = -log_q[ids.flatten()].mean().item()
+    assert abs(before - math.log(V)) < 0.05  # zero bias, tiny weights: about uniform
+    assert abs(after - unigram) < 0.05 and after < before - 1

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,14 +18,14 @@ import numpy as np
 import torch
 
 from llmpath.bert.figures import attention_heads_figure, cls_pca_figure
-from llmpath.bert.finetune import ClassifyRun, classify, tfidf_baseline
+from llmpath.bert.finetune import ClassifyRun, classify, classify_tasks
 from llmpath.bert.hf import to_hf
 from llmpath.bert.model import BERTConfig, BERTPretraining
 from llmpath.bert.pretrain import TOPIC, BERTRun, fill_masks, pretrain
 from llmpath.common import get_device, log, markdown_table, set_threads, setup_logging, write_json
+from llmpath.config import Command, build_config, opt
 from llmpath.plotting import save_fig
-from llmpath.config import Command, ConfigError, build_config, opt
-from llmpath.runs import load_run, open_folder, run_path, variant
+from llmpath.runs import finished, load_run, open_folder, run_path, variant
 from llmpath.tour import StageResult
 
 TASKS = ("tweets", "chinese-reviews")
@@ -40,15 +41,17 @@ PRESETS: dict[str, dict] = {
     "tiny": {**_model(1, 2, 32, 32), "threads": 1, "sources": "wiki", "vocab_size": 600, "eval_examples": 64,
              "train.max_steps": 20, "train.batch_size": 8, "train.lr": 1e-3, "train.warmup_steps": 2,
              "train.eval_interval": 0, "train.progress": False},
-    "small": {**_model(2, 2, 128, 64), "threads": 1, "train.max_steps": 400, "train.batch_size": 32, "train.lr": 1e-3,
-              "train.warmup_steps": 40, "train.weight_decay": 0.01, "train.eval_interval": 100},
+    # the domain texts only (the classification training texts), no dropout: less than one epoch, nothing to overfit
+    "small": {**_model(2, 2, 128, 64), "threads": 1, "sources": "tweets-train,chinese-reviews-train", "model.dropout": 0.0,
+              "train.max_steps": 1000, "train.batch_size": 32, "train.lr": 2e-3, "train.warmup_steps": 30,
+              "train.weight_decay": 0.01, "train.eval_interval": 100},
     "base": {**_model(4, 4, 256, 128), "threads": 1, "vocab_size": 16000, "train.max_steps": 6000,
              "train.batch_size": 64, "train.lr": 5e-4, "train.warmup_steps": 300, "train.eval_interval": 500},
 }
 # finetuning options per preset (classify, compare, ablation): the pretraining config has no such fields
 FINETUNE: dict[str, dict] = {
     "tiny": {"clf_steps": 8, "clf_batch_size": 8},
-    "small": {"clf_steps": 300, "clf_lr": 5e-4, "clf_batch_size": 32},
+    "small": {"clf_steps": 200, "clf_lr": 5e-4, "clf_batch_size": 32},
     "base": {"clf_steps": 800, "clf_lr": 2e-4, "clf_batch_size": 32},
 }
 CLF_PRESETS: dict[str, dict] = {k: {**v, **FINETUNE[k]} for k, v in PRESETS.items()}
@@ -92,9 +95,7 @@ def _task_name(task: str) -> str:
 def compare(cfg: ClassifyRun, tasks: tuple[str, ...] = TASKS) -> dict:
     """Pretrained vs from-scratch BERT vs TF-IDF logistic regression on both datasets: one table."""
     setup_logging()
-    results = {t: classify(replace(cfg, task=t)) for t in tasks}
-    for t in tasks:
-        results[t]["tfidf_lr"] = tfidf_baseline(t)
+    results = classify_tasks(cfg, list(tasks), tfidf=True)
     out = open_folder(replace(cfg, name=f"{cfg.name or cfg.preset or 'small'}-compare"), TOPIC)
     write_json(out / "results.json", results)
     print(compare_table(results))
@@ -133,7 +134,7 @@ def ablation(cfg: AblationRun) -> dict:
     both = compare(cfg)
     mlm_cfg = variant(cfg, "mlm-only", nsp=False)
     pretrain(mlm_cfg)
-    only = {t: classify(replace(mlm_cfg, task=t, scratch=False)) for t in TASKS}
+    only = classify_tasks(replace(mlm_cfg, scratch=False), list(TASKS))
     for t in TASKS:
         both[t]["rows"]["mlm-only"] = only[t]["rows"]["pretrained"]
     out = open_folder(replace(cfg, name=f"{cfg.name or cfg.preset or 'small'}-ablation"), TOPIC)
@@ -189,10 +190,32 @@ def export(cfg: ExportRun) -> int:
 
 # -------------------------------------------------------------------------------- tour
 
+def pretrain_on_cores(argv: list[str], processes: int) -> None:
+    """`llmpath bert train <argv>` under torchrun, one process (one thread) per core: PyTorch DDP splits every
+    batch between them, so the run learns what one process would, in about 1/processes of the time."""
+    import subprocess
+    import sys
+
+    from llmpath.train import TrainingError
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--standalone",
+           "-m", "llmpath", "bert", "train", *argv]
+    if subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode != 0:
+        raise TrainingError(f"pretraining under torchrun failed (its messages are above); run it alone: "
+                            f"llmpath bert train {' '.join(argv)}")
+
+
 def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> StageResult:
-    """Stage 6 of `llmpath tour`: pretrain, finetune on both datasets (pretrained vs scratch), the bars."""
-    cfg = build_config(ClassifyRun, [f"--preset={preset}", f"--out={out}", f"--fresh={fresh}"], CLF_PRESETS)
-    summary = pretrain(cfg)
+    """Stage 6 of `llmpath tour`: pretrain, finetune on both datasets (pretrained vs scratch), the bars.
+    Beyond `tiny`, pretraining runs on two cores (DDP under torchrun) and two finetuning runs train side by side."""
+    argv = [f"--preset={preset}", f"--out={out}"]
+    cfg = build_config(ClassifyRun, [*argv, f"--fresh={fresh}"], CLF_PRESETS)
+    cores = min(2, os.cpu_count() or 1)
+    on_cores = preset != "tiny" and cores > 1 and (fresh or finished(cfg, TOPIC) is None)
+    if on_cores:
+        pretrain_on_cores([*argv, f"--fresh={fresh}"], cores)
+    summary = pretrain(replace(cfg, fresh=False) if on_cores else cfg)  # a finished run: its results are read
+    cfg.workers = cores
     res = compare(cfg)
     gap = summary["unigram_loss"] - summary["mlm_loss"]
     better = all(res[t]["rows"]["pretrained"]["test_acc"] >= res[t]["rows"]["scratch"]["test_acc"] for t in TASKS)

@@ -464,12 +464,17 @@ def eval_batches(examples: list[Example], batch_size: int, tokenizer, seed: int 
     return [pb.batch(idx, 0) for idx in sequential_batches(len(examples), batch_size)]
 
 
+def unigram_log_probs(train_examples: list[Example], vocab_size: int) -> Tensor:
+    """(V,) log of the add-one token frequencies over the A and B ids of the training examples."""
+    ids = np.fromiter((t for ex in train_examples for t in (*ex.a, *ex.b)), dtype=np.int64)
+    counts = np.bincount(ids, minlength=vocab_size)[:vocab_size] + 1.0
+    return torch.from_numpy(np.log(counts / counts.sum())).float()
+
+
 def unigram_mlm_loss(train_examples: list[Example], heldout_batches: list[PretrainBatch], vocab_size: int) -> float:
     """Cross-entropy (nats) of guessing each held-out masked token from add-one token frequencies alone
     (counted over the A and B ids of the training examples): the score an MLM must beat by reading context."""
-    ids = np.fromiter((t for ex in train_examples for t in (*ex.a, *ex.b)), dtype=np.int64)
-    counts = np.bincount(ids, minlength=vocab_size)[:vocab_size] + 1.0
-    logp = torch.from_numpy(np.log(counts / counts.sum()))
+    logp = unigram_log_probs(train_examples, vocab_size).double()
     targets = torch.cat([b.mlm_labels[b.mlm_labels != -100] for b in heldout_batches])
     if len(targets) == 0:
         raise DataError("the held-out batches hold no masked tokens; use more held-out examples")

@@ -36,7 +36,7 @@ def masking_figure() -> Figure:
     ax.set_xlim(-2.6, n), ax.set_ylim(-0.6, 4.9), ax.axis("off")
     rows = [(4.2, "原始词元"), (3.2, "句段编号"), (2.2, "输入模型"), (1.2, "MLM 目标")]
     for y, label in rows:
-        ax.text(-2.5, y, label, ha="left", va="center", fontsize=10, weight="bold")
+        ax.text(-2.5, y, label, ha="left", va="center", fontsize=10)
 
     def cell(x, y, text, fc, ec="#555555"):
         ax.add_patch(FancyBboxPatch((x - 0.42, y - 0.32), 0.84, 0.64, boxstyle="round,pad=0.02", fc=fc, ec=ec, lw=0.8))

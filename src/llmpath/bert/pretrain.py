@@ -18,15 +18,16 @@ from typing import Literal
 import numpy as np
 import torch
 
-from llmpath.bert.data import PretrainBatches, eval_batches, make_pairs, pretraining_documents, unigram_mlm_loss
+from llmpath.bert.data import (PretrainBatches, eval_batches, make_pairs, pretraining_documents, unigram_log_probs,
+                               unigram_mlm_loss)
 from llmpath.bert.model import BERTConfig, BERTPretraining
 from llmpath.bert.objectives import mlm_nsp_metrics, pretrain_loss
 from llmpath.common import count_params, log, setup_logging
 from llmpath.config import ConfigError, RunConfig, TrainConfig, opt, sub
 from llmpath.plotting import save_fig, training_curves
-from llmpath.runs import comparable_config, reuse, start_run
+from llmpath.runs import comparable_config, reuse, start_run, sub_config
 from llmpath.tokenizers import WordPiece
-from llmpath.train import fit, read_metrics
+from llmpath.train import dist_info, fit, init_distributed, read_metrics
 
 TOPIC = "bert"
 SOURCES = "wiki,shakespeare,tweets-train,chinese-reviews-train"
@@ -45,6 +46,8 @@ class BERTRun(RunConfig):
                           above=0, below=1)
     heldout: float = opt(0.03, "share of documents held out for evaluation", above=0, below=1)
     eval_examples: int = opt(1024, "held-out pairs scored at every evaluation", min=1)
+    unigram_bias: bool = opt(True, "start the MLM output bias at the log token frequencies (the unigram model), "
+                             "so training starts from the baseline instead of spending its first steps learning it")
     model: BERTConfig = sub(BERTConfig)
     train: TrainConfig = sub(TrainConfig)
 
@@ -61,6 +64,7 @@ def split_documents(docs: list, share: float, seed: int) -> tuple[list, list]:
 def pretrain(cfg: BERTRun) -> dict:
     """Train a WordPiece vocabulary and a BERT (MLM + NSP, or MLM only) with the shared fit loop."""
     setup_logging()
+    cfg = sub_config(cfg, BERTRun)  # a finetuning config's pretraining part: checkpoints hold a BERTRun
     if (done := reuse(cfg, TOPIC)) is not None:
         return done
     key = comparable_config(cfg)  # as asked: the vocabulary size the trainer reaches is filled in below
@@ -76,16 +80,24 @@ def pretrain(cfg: BERTRun) -> dict:
     held = eval_batches(held_ex, 64, tok, seed=cfg.seed, mlm_prob=cfg.mlm_prob)
     unigram = unigram_mlm_loss(train_ex, held, tok.vocab_size)
     run = start_run(cfg, TOPIC, tokenizer=tok, key=key)
+    device = init_distributed(run.device)  # under torchrun: one process per core, each a share of every batch
+    rank, world = dist_info()
     torch.manual_seed(cfg.seed)
     model = BERTPretraining(cfg.model)
-    log.info(f"BERT {count_params(model):,} parameters, WordPiece vocab {tok.vocab_size}, {len(docs):,} documents "
-             f"({len(held_docs)} held out), {len(train_ex):,} training pairs -> {run.path}")
+    if cfg.unigram_bias:
+        with torch.no_grad():
+            model.mlm.decoder.bias.copy_(unigram_log_probs(train_ex, tok.vocab_size))
+    if rank == 0:
+        log.info(f"BERT {count_params(model):,} parameters, WordPiece vocab {tok.vocab_size}, {len(docs):,} documents "
+                 f"({len(held_docs)} held out), {len(train_ex):,} training pairs, {world} process(es) -> {run.path}")
 
     def evaluate(m):
         r = mlm_nsp_metrics(m, held)
         return {"val_loss": r["mlm_loss"], **{k: v for k, v in r.items() if k != "mlm_loss" and v == v}}  # NaN: no NSP
 
-    res = fit(model, pretrain_loss, batches, cfg.train, run=run, unit="tokens", evaluate=evaluate)
+    res = fit(model, pretrain_loss, batches, cfg.train, run=run, device=device, unit="tokens", evaluate=evaluate)
+    if rank != 0:
+        return {}
     final = mlm_nsp_metrics(model, held)  # restore_best is off: the last weights are the ones saved as last.pt
     rows = read_metrics(run.path / "metrics.jsonl")
     curves = save_fig(training_curves(rows, f"BERT 预训练（{cfg.preset or '自定义'}）：MLM{' + NSP' if cfg.nsp else ''}"),
@@ -97,7 +109,7 @@ def pretrain(cfg: BERTRun) -> dict:
                "train_pairs": len(train_ex), "heldout_pairs": len(held_ex), "steps": res.step,
                "mlm_loss": final["mlm_loss"], "mlm_acc": final["mlm_acc"],
                "nsp_acc": final["nsp_acc"] if cfg.nsp else None, "nsp_majority": final["nsp_majority"] if cfg.nsp else None,
-               "unigram_loss": unigram, "seconds": round(res.seconds, 1),
+               "unigram_loss": unigram, "seconds": round(res.seconds, 1), "world_size": world,
                "tokens_per_s": round(res.step * per_step / max(res.seconds, 1e-9)), "figures": [curves]}
     summary = run.finish(summary)
     log.info(f"held-out MLM loss {final['mlm_loss']:.3f} (unigram {unigram:.3f}), masked-token accuracy "

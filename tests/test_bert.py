@@ -177,6 +177,32 @@ def test_paired_bootstrap_interval():
     assert g["diff"] == pytest.approx((a.sum() - b.sum()) / 2000) and 0 < g["lo"] <= g["diff"] <= g["hi"]
 
 
+@pytest.mark.slow
+def test_torchrun_pretraining_matches_one_process(tmp_path):
+    """`torchrun --nproc_per_node=2 -m llmpath bert train`: DDP splits each batch, the weights end as one process's."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from llmpath.train import load_checkpoint
+
+    args = ["bert", "train", "--preset=tiny", "--device=cpu", "--threads=1", "--train.max_steps=4", "--model.dropout=0"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                    f"--master_port={port}", "-m", "llmpath", *args, f"--out={tmp_path / 'ddp'}"],
+                   check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300, capture_output=True)
+    assert main([*args, f"--out={tmp_path / 'one'}"]) == 0
+    ddp = load_checkpoint(tmp_path / "ddp" / "bert" / "tiny" / "ckpt" / "last.pt")
+    one = load_checkpoint(tmp_path / "one" / "bert" / "tiny" / "ckpt" / "last.pt")
+    assert ddp["step"] == one["step"] == 4
+    for k in one["model"]:
+        torch.testing.assert_close(ddp["model"][k], one["model"][k], atol=1e-5, rtol=1e-4)
+    assert json.loads((tmp_path / "ddp" / "bert" / "tiny" / "results.json").read_text())["world_size"] == 2
+
+
 # --------------------------------------------------------------------- exercises of docs/tutorials/06_bert.md
 
 def _word_vocab(n_words: int = 995) -> WordPiece:

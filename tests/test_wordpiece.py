@@ -268,3 +268,12 @@ def test_from_state_dict_dispatches_on_kind(tmp_path):
 def test_missing_vocab_file_is_one_line(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         WordPiece.from_vocab_file(tmp_path / "nope.txt")
+
+
+def test_tokenizer_encode_command_shows_wordpiece_pieces(tmp_path, capsys):
+    from llmpath.cli import main
+
+    WordPiece.train(["hello world, unbelievable things", "今天的菜很好吃"] * 3, vocab_size=60).save(tmp_path)
+    assert main(["tokenizer", "encode", f"--tok={tmp_path}", "hello 今天 world", "--color=never"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "[hel][##lo][今][天][wo][##rld]" and out[-1].startswith("6 tokens")

@@ -29,7 +29,7 @@ from llmpath.data.batching import pad_sequences
 from llmpath.runs import load_run, reuse, start_run
 from llmpath.train import fit
 
-N_STATES = 600  # test texts whose [CLS] states are kept for the PCA figure
+N_STATES = 600  # test texts (a seeded sample) whose [CLS] states are kept for the PCA figure
 SPLIT_SEED = 0  # the split of stages 1 and 5, whatever --seed says: test texts never reach pretraining
 
 
@@ -129,8 +129,9 @@ def finetune(cfg: ClassifyRun, init: str) -> tuple[dict, np.ndarray]:
     model = BERTClassifier(body, len(data.label_names), dropout=cfg.clf_dropout)
     run = start_run(c, TOPIC)
     run.save_config()
+    shown = np.sort(np.random.default_rng(SPLIT_SEED).permutation(len(te))[:N_STATES])  # test texts in the figure
     if init == "pretrained":  # [CLS] states of test texts before finetuning (the figure's left panel)
-        before = cls_states(model.bert, test_seqs[:N_STATES], pad)
+        before = cls_states(model.bert, [test_seqs[i] for i in shown], pad)
     batches = EpochBatches(len(tr), c.train.batch_size, lambda i: collate(seqs, data.labels, tr[i], pad), seed=cfg.seed)
 
     def evaluate(m):
@@ -142,8 +143,8 @@ def finetune(cfg: ClassifyRun, init: str) -> tuple[dict, np.ndarray]:
     pred = predict(model, test_seqs, pad)
     np.save(run.path / "predictions.npy", pred)
     if init == "pretrained":
-        np.savez(run.path / "cls_states.npz", before=before, after=cls_states(model.bert, test_seqs[:N_STATES], pad),
-                 labels=data.labels[te][:N_STATES], label_names=np.array(data.label_names))
+        np.savez(run.path / "cls_states.npz", before=before, after=cls_states(model.bert, [test_seqs[i] for i in shown], pad),
+                 labels=data.labels[te][shown], label_names=np.array(data.label_names))
     row = run.finish({"test_acc": float((pred == data.labels[te]).mean()),
                       "test_macro_f1": float(f1_score(data.labels[te], pred, average="macro")),
                       "val_acc": res.best, "steps": res.step, "seconds": round(res.seconds, 1),

@@ -19,6 +19,7 @@ from llmpath.data import split_text
 from llmpath.tokenizers.compare import chinese_text, compare_with_hf, corpus_text, same_as_tiktoken
 from llmpath.tokenizers.files import load, save
 from llmpath.tokenizers.tokenizer import SPECIAL_TOKENS, Tokenizer
+from llmpath.tokenizers.wordpiece import WordPiece
 from llmpath.tour import StageResult
 
 TOPIC = "tokenizer"
@@ -104,8 +105,11 @@ def piece_text(b: bytes) -> str:
         return "<" + " ".join(f"{x:02x}" for x in b) + ">"
 
 
-def show_pieces(tok: Tokenizer, ids: list[int], color: bool) -> str:
-    pieces = [piece_text(b) for b in tok.decode_tokens_bytes(ids)]
+def show_pieces(tok: Tokenizer | WordPiece, ids: list[int], color: bool) -> str:
+    if isinstance(tok, WordPiece):  # its tokens are strings: "##" marks a piece inside a word
+        pieces = [tok.id_to_token(i) for i in ids]
+    else:
+        pieces = [piece_text(b) for b in tok.decode_tokens_bytes(ids)]
     if color:
         return "".join(f"\x1b[30;{_COLOURS[k % len(_COLOURS)]}m{p}\x1b[0m" for k, p in enumerate(pieces))
     return "".join(f"[{p}]" for p in pieces)
@@ -113,7 +117,10 @@ def show_pieces(tok: Tokenizer, ids: list[int], color: bool) -> str:
 
 def encode(cfg: TokEncode) -> int:
     tok = load(cfg.tok or cfg.out or _default_dir(cfg.preset))
-    ids = tok.encode(cfg.text, allowed_special="all" if cfg.allowed_special == "all" else frozenset())
+    if isinstance(tok, WordPiece):  # no special tokens inside text: [CLS] etc. are added by the model's code
+        ids = tok.encode(cfg.text)
+    else:
+        ids = tok.encode(cfg.text, allowed_special="all" if cfg.allowed_special == "all" else frozenset())
     color = cfg.color == "always" or (cfg.color == "auto" and sys.stdout.isatty())
     print(show_pieces(tok, ids, color))
     if cfg.ids:

@@ -46,8 +46,8 @@ PRESETS: dict[str, dict] = {
               "train.max_steps": 1000, "train.batch_size": 32, "train.lr": 2e-3, "train.warmup_steps": 30,
               "train.weight_decay": 0.01, "train.eval_interval": 100},
     "base": {**_model(4, 4, 256, 64), "threads": 1, "sources": "wiki,tweets-train,chinese-reviews-train",
-             "train.max_steps": 2000, "train.batch_size": 32, "train.lr": 1e-3, "train.warmup_steps": 100,
-             "train.weight_decay": 0.01, "train.eval_interval": 250},
+             "train.max_steps": 1200, "train.batch_size": 32, "train.lr": 1e-3, "train.warmup_steps": 100,
+             "train.weight_decay": 0.01, "train.eval_interval": 300},
 }
 # finetuning options per preset (classify, compare, ablation): the pretraining config has no such fields
 FINETUNE: dict[str, dict] = {

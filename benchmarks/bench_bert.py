@@ -33,20 +33,9 @@ from llmpath.bert.hf import config_to_hf, from_hf
 from llmpath.bert.model import IGNORE, BERTConfig
 from llmpath.bert.objectives import PretrainBatch, pretrain_loss
 
+from bench_gpt import matmul_peak  # benchmarks/ is the script's folder, so its siblings import
+
 OURS = "ours (SDPA, masked-only logits)"
-
-
-def matmul_peak(n: int = 1024, repeats: int = 20) -> float:
-    """Best fp32 FLOP/s of an n x n matmul on the current threads: a gauge of how loaded the machine is."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / min(times)
 
 
 def make_batch(batch: int, seq: int, vocab: int, mask_prob: float, seed: int = 0) -> PretrainBatch:

@@ -23,10 +23,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from llmpath.bert.model import BERT, BERTClassifier, BERTConfig, BERTPretraining
+from llmpath.gpt.hf import read_weights  # the same files as any Hugging Face model folder
 
 # (ours, Hugging Face) module paths; ".weight" / ".bias" follow, {i} is the layer number
 _NAMES = [
@@ -190,21 +190,11 @@ def from_hf(model_or_dir: Any, dropout: float | None = None, sdpa: bool = True) 
         path = Path(model_or_dir)
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"no config.json in '{path}'; give a folder written by to_hf or save_pretrained")
-        hf_cfg, sd = json.loads((path / "config.json").read_text(encoding="utf-8")), _read_weights(path)
+        hf_cfg, sd = json.loads((path / "config.json").read_text(encoding="utf-8")), read_weights(path)
     cfg = config_from_hf(hf_cfg, dropout=dropout, sdpa=sdpa)
     ours = from_hf_state_dict(sd)
     clf_drop = hf_cfg.get("classifier_dropout") if dropout is None else dropout
     return _load(_new_model(ours, cfg, clf_drop), ours).eval()
-
-
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    if (path / "model.safetensors").exists():
-        from safetensors.torch import load_file
-
-        return load_file(str(path / "model.safetensors"))
-    if (path / "pytorch_model.bin").exists():
-        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"no model.safetensors (or pytorch_model.bin) in '{path}'")
 
 
 def to_hf(model: nn.Module, out_dir: str | Path) -> Path:

@@ -126,14 +126,15 @@ def from_hf(model_or_dir: Any, dropout: float = 0.0, sdpa: bool = True) -> GPT:
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"no config.json in '{path}'; give a folder saved by to_hf() or save_pretrained()")
         hf_cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        sd = _read_weights(path)
+        sd = read_weights(path)
     cfg, ours = config_from_hf(hf_cfg, dropout=dropout, sdpa=sdpa), _ours_from_hf_state(sd)
     if not cfg.bias:
         ours, cfg = _without_zero_biases(ours, cfg)
     return _load_state(GPT(cfg), ours).eval()
 
 
-def _read_weights(path: Path) -> dict[str, Tensor]:
+def read_weights(path: Path) -> dict[str, Tensor]:
+    """The state dict of a Hugging Face model folder (model.safetensors, else pytorch_model.bin), by HF names."""
     if (path / "model.safetensors").exists():
         from safetensors.torch import load_file
 

@@ -21,11 +21,11 @@ from llmpath.bert.figures import attention_heads_figure, cls_pca_figure
 from llmpath.bert.finetune import ClassifyRun, classify, classify_tasks
 from llmpath.bert.hf import to_hf
 from llmpath.bert.model import BERTConfig, BERTPretraining
-from llmpath.bert.pretrain import TOPIC, BERTRun, fill_masks, pretrain
+from llmpath.bert.pretrain import TOPIC, BERTRun, fill_masks, load_pretrained, pretrain
 from llmpath.common import get_device, log, markdown_table, set_threads, setup_logging, write_json
 from llmpath.config import Command, build_config, opt
 from llmpath.plotting import save_fig
-from llmpath.runs import load_run, open_folder, run_path, variant
+from llmpath.runs import open_folder, run_path, variant
 from llmpath.tour import StageResult
 
 TASKS = ("tweets", "chinese-reviews")
@@ -79,8 +79,7 @@ def fill(cfg: FillRun) -> list:
     setup_logging()
     set_threads(cfg.threads)
     src = Path(cfg.run) if cfg.run else run_path(cfg, TOPIC)
-    model, tok, _ = load_run(src, get_device(cfg.device), topic=TOPIC,
-                             hint=f"llmpath bert train --preset={cfg.preset or 'small'}")
+    model, tok, _ = load_pretrained(src, cfg, get_device(cfg.device))
     out = fill_masks(model, tok, cfg.text, cfg.top_k)
     for i, cands in enumerate(out, 1):
         print(f"[MASK] {i}: " + "  ".join(f"{t} {p:.3f}" for t, p in cands))
@@ -163,7 +162,7 @@ def figures(cfg: FiguresRun) -> list[Path]:
     """Attention heads of every layer over --text; [CLS] states before/after finetuning of each finished classify run."""
     setup_logging()
     src = Path(cfg.run) if cfg.run else run_path(cfg, TOPIC)
-    model, tok, _ = load_run(src, topic=TOPIC, hint=f"llmpath bert train --preset={cfg.preset or 'small'}")
+    model, tok, _ = load_pretrained(src, cfg)
     out = [save_fig(attention_heads_figure(model, tok, cfg.text), src / "figures" / "attention.png")]
     for t in TASKS:
         states = src.parent / f"{src.name}-{t}-pretrained" / "cls_states.npz"
@@ -188,7 +187,7 @@ def export(cfg: ExportRun) -> int:
     """Write a pretrained run as a Hugging Face BERT folder (BertForPreTraining + BertTokenizer read it)."""
     setup_logging()
     src = Path(cfg.run) if cfg.run else run_path(cfg, TOPIC)
-    model, tok, _ = load_run(src, topic=TOPIC, hint=f"llmpath bert train --preset={cfg.preset or 'small'}")
+    model, tok, _ = load_pretrained(src, cfg)
     out = Path(cfg.dir) if cfg.dir else src / "hf"
     to_hf(model, out)
     tok.save(out)

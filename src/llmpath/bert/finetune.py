@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from llmpath.bert.model import BERT, BERTClassifier
-from llmpath.bert.pretrain import TOPIC, BERTRun
+from llmpath.bert.pretrain import TOPIC, BERTRun, load_pretrained
 from llmpath.common import count_params, log, map_processes, paired_bootstrap, set_threads, setup_logging
 from llmpath.config import TrainConfig, opt
 from llmpath.data import EpochBatches, load_classification, split_indices
 from llmpath.data.batching import pad_sequences
-from llmpath.runs import load_run, reuse, start_run
+from llmpath.runs import reuse, start_run
 from llmpath.train import fit
 
 N_STATES = 600  # test texts (a seeded sample) whose [CLS] states are kept for the PCA figure
@@ -103,8 +103,7 @@ def pretrained_folder(cfg: ClassifyRun) -> Path:
 
 def _prepare(cfg: ClassifyRun):
     """(pretrained model, tokenizer, its config, data, split, encoded texts) of one dataset."""
-    pre, tok, pre_cfg = load_run(pretrained_folder(cfg), "cpu", dropout=cfg.model.dropout, topic=TOPIC,
-                                 hint=f"llmpath bert train --preset={cfg.preset or 'small'}")
+    pre, tok, pre_cfg = load_pretrained(pretrained_folder(cfg), cfg, dropout=cfg.model.dropout)
     data = load_classification(cfg.task)
     return pre, tok, pre_cfg, data, split_indices(len(data), seed=SPLIT_SEED), encode_texts(tok, data.texts, pre_cfg.model.max_len)
 
@@ -162,7 +161,7 @@ def classify_tasks(cfg: ClassifyRun, tasks: list[str], tfidf: bool = False) -> d
     """For each dataset: pretrained vs from-scratch finetuning (and TF-IDF logistic regression), test accuracy,
     macro-F1, the paired-bootstrap interval of the accuracy gain. With --workers=2 two runs train side by side."""
     setup_logging()
-    load_run(pretrained_folder(cfg), topic=TOPIC, hint=f"llmpath bert train --preset={cfg.preset or 'small'}")  # fail early
+    load_pretrained(pretrained_folder(cfg), cfg)  # a missing run: one line before any worker starts
     kinds = ["pretrained"] + (["scratch"] if cfg.scratch else []) + (["tfidf"] if tfidf else [])
     jobs = [(replace(cfg, task=t), k) for t in tasks for k in kinds]
     done = dict(zip([(c.task, k) for c, k in jobs], map_processes(_job, jobs, cfg.workers)))

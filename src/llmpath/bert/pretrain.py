@@ -25,7 +25,7 @@ from llmpath.bert.objectives import mlm_nsp_metrics, pretrain_loss
 from llmpath.common import count_params, log, setup_logging
 from llmpath.config import ConfigError, RunConfig, TrainConfig, opt, sub
 from llmpath.plotting import save_fig, training_curves
-from llmpath.runs import comparable_config, reuse, start_run, sub_config
+from llmpath.runs import Loaded, comparable_config, load_run, reuse, start_run, sub_config
 from llmpath.tokenizers import WordPiece
 from llmpath.train import dist_info, fit, init_distributed, read_metrics
 
@@ -116,6 +116,12 @@ def pretrain(cfg: BERTRun) -> dict:
              f"{final['mlm_acc']:.3f}" + (f", NSP accuracy {final['nsp_acc']:.3f}" if cfg.nsp else "")
              + f" after {res.step} steps in {res.seconds:.0f} s")
     return summary
+
+
+def load_pretrained(path, cfg: BERTRun, device: torch.device | str = "cpu", dropout: float | None = None) -> Loaded:
+    """(model, tokenizer, config) of a pretraining run folder; a missing one says which command trains it."""
+    return load_run(path, device, dropout=dropout, topic=TOPIC,
+                    hint=f"llmpath bert train --preset={cfg.preset or 'small'}")
 
 
 # -------------------------------------------------------------------------------- fill

@@ -92,5 +92,15 @@ TOPIC_LIST: list[Topic] = [
                    "（编码与 BertTokenizer 逐 id 相同）；在维基百科样本、莎士比亚和两份分类数据的训练文本上做掩码语言模型"
                    "与下一句预测预训练；再微调到英文推文与中文评论分类，与同一模型从零训练、TF-IDF 逻辑回归比较，"
                    "给出配对自助法区间。")),
+    Topic("vit", "llmpath.vit", "stage 7: Vision Transformer vs a CNN on handwritten digits, equal to Hugging Face's ViT",
+          stage="7", stage_title="ViT 与 CNN：图块嵌入、二维位置编码、手写数字分类",
+          tutorial="docs/tutorials/07_vit.md", notebook="notebooks/07_vit.ipynb",
+          config="llmpath.vit.experiments:ImageRun", model="llmpath.vit.experiments:build_model",
+          tokenizer="llmpath.vit.experiments:normalizer_from_state",
+          teaches=("把图像切成图块、每块线性投影成一个词元，加上 [CLS] 与位置编码（可学习一维、固定二维正弦-余弦），"
+                   "交给第 4 章的 Pre-LN 编码器层：这就是 Vision Transformer，复制权重后与 Hugging Face "
+                   "ViTForImageClassification 的输出和梯度一致；在 mnist-5k 与 scikit-learn digits 上，"
+                   "与参数量相近的 LeNet 式 CNN 在相同轮数和相同时间下比较，并用学到的位置嵌入相似度、注意力展开、"
+                   "卷积核和学习曲线解释差距从何而来（归纳偏置与数据量）。")),
 ]
 TOPICS: dict[str, Topic] = {t.name: t for t in TOPIC_LIST}

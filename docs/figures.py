@@ -44,6 +44,15 @@ FIGURES: dict[str, tuple[str, str]] = {
     "06_attention.png": ("bert/small/figures/attention.png", "llmpath bert figures"),
     "06_cls_pca_chinese-reviews.png": ("bert/small/figures/cls_pca_chinese-reviews.png",
                                        "llmpath bert compare && llmpath bert figures"),
+    "07_position_similarity.png": ("vit/small-mnist-5k-vit/figures/position_similarity.png",
+                                   "llmpath vit compare && llmpath vit figures"),
+    "07_rollout.png": ("vit/small-mnist-5k-vit/figures/rollout.png", "llmpath vit compare && llmpath vit figures"),
+    "07_cnn_filters.png": ("vit/small-mnist-5k-vit/figures/cnn_filters.png", "llmpath vit compare && llmpath vit figures"),
+    "07_misclassified.png": ("vit/small-mnist-5k-vit/figures/misclassified.png",
+                             "llmpath vit compare && llmpath vit figures"),
+    "07_confusion_vit.png": ("vit/small-mnist-5k-vit/figures/confusion_vit.png",
+                             "llmpath vit compare && llmpath vit figures"),
+    "07_learning_curve.png": ("vit/small-curve/figures/learning_curve.png", "llmpath vit curve"),
 }
 
 
@@ -72,6 +81,10 @@ DIAGRAMS: dict[str, str] = {
     # chapter 6
     "06_bidirectional_vs_causal.png": "llmpath.bert.diagrams:bidirectional_vs_causal_figure",
     "06_masking.png": "llmpath.bert.diagrams:masking_figure",
+
+    # chapter 7
+    "07_patches.png": "llmpath.vit.figures:patches_figure",
+    "07_sincos_similarity.png": "llmpath.vit.figures:sincos_similarity_figure",
 }
 
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from llmpath.cli import main
 from llmpath.config import ConfigError
@@ -181,3 +182,67 @@ def test_ablation_variants_are_one_change_each():
     assert changed["固定二维正弦-余弦"].model.vit.pos == "sincos2d" and changed["6 层"].model.vit.n_layer == 6
     with pytest.raises(ConfigError):
         cli.variant(cfg, "x", nope=1)
+
+
+# ------------------------------------------------------------------------ the exercises
+
+def test_exercise_7_1_parameter_count_and_patch_size():
+    from llmpath.common import count_params
+    from llmpath.vit.model import ViTConfig
+
+    small = ViTConfig(n_layer=4, n_head=4, n_embd=64, n_ff=128)
+    per_layer = 4 * (64 * 64 + 64) + (64 * 128 + 128 + 128 * 64 + 64) + 2 * 2 * 64
+    assert per_layer == 33_472
+    assert count_params(ViT(small)) == 50 * 64 + 64 + 17 * 64 + 4 * per_layer + 128 + 650 == 139_018
+    four = ViT(ViTConfig(n_layer=4, n_head=4, n_embd=64, n_ff=128, patch_size=4))
+    assert count_params(four) == 139_018 and four.pos.shape == (1, 50, 64)  # embedding and positions swap sizes
+    assert round(50 ** 2 / 17 ** 2, 1) == 8.7
+
+
+def test_exercise_7_2_no_positions_no_order():
+    from llmpath.vit.model import ViTConfig, patchify, unpatchify
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 28, 28)
+    perm = torch.randperm(16, generator=torch.Generator().manual_seed(3))
+    shuffled = unpatchify(patchify(x, 7)[:, perm], 7, 1)
+    for pool in ("mean", "cls"):
+        m = ViT(ViTConfig(n_layer=2, n_head=2, n_embd=16, n_ff=32, pos="none", pool=pool)).eval()
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+            torch.testing.assert_close(m(shuffled), m(x), atol=1e-5, rtol=1e-5)
+
+
+def test_exercise_7_3_the_receptive_field_of_the_cnn():
+    from llmpath.vit.cnn import CNNConfig
+
+    torch.manual_seed(0)
+    cnn = CNN(CNNConfig(c1=4, c2=4, hidden=8))
+    x = torch.randn(1, 1, 28, 28, requires_grad=True)
+    # max-pooling and ReLU pass the gradient to one input (or none): average-pool instead, without ReLU, so that
+    # every pixel the unit depends on gets a non-zero gradient
+    a2 = cnn.conv2(F.avg_pool2d(cnn.conv1(x), 2))
+    F.avg_pool2d(a2, 2)[0, :, 3, 3].sum().backward()  # the centre of the final 7x7 map, every channel
+    rows, cols = (x.grad[0, 0].abs() > 0).nonzero().unbind(1)
+    assert (int(rows.max() - rows.min()) + 1, int(cols.max() - cols.min()) + 1) == (16, 16)
+
+
+def test_exercise_7_4_cost_per_image():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from llmpath.vit.cnn import CNNConfig
+    from llmpath.vit.model import ViTConfig
+
+    def macs(model, side):
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            model(torch.zeros(1, 1, side, side))
+        return counter.get_total_flops() // 2
+
+    assert macs(CNN(CNNConfig(c1=16, c2=32, hidden=80)), 28) == 2_948_640
+    assert macs(CNN(CNNConfig(image_size=8, c1=16, c2=32, hidden=80)), 8) == 241_440
+    vit28 = ViT(ViTConfig(n_layer=4, n_head=4, n_embd=64, n_ff=128, sdpa=False))
+    vit8 = ViT(ViTConfig(image_size=8, patch_size=2, n_layer=4, n_head=4, n_embd=64, n_ff=128, sdpa=False))
+    assert macs(vit28, 28) == 16 * 49 * 64 + 17 * 4 * 32_768 + 4 * 2 * 17 ** 2 * 64 + 640 == 2_427_008
+    assert macs(vit8, 8) == 2_380_928

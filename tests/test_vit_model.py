@@ -57,10 +57,11 @@ def test_patchify_lays_out_patches_row_major_channel_row_column():
 @pytest.mark.parametrize("channels", [1, 3])
 def test_conv2d_and_unfold_patch_embeddings_agree(channels):
     cfg = replace(CFG, channels=channels)
-    fast = ours(channels=channels)
+    fast = ours(channels=channels, patchify="conv")
     slow = ViT(replace(cfg, patchify="unfold"))
     slow.load_state_dict(fast.state_dict())
     x = images(4, channels)
+    assert fast.patch_embed.mode == "conv" and slow.patch_embed.mode == "unfold"
     torch.testing.assert_close(slow.patch_embed(x), fast.patch_embed(x), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(slow.eval()(x), fast(x), atol=1e-5, rtol=1e-5)
 

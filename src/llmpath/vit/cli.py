@@ -46,11 +46,11 @@ PRESETS: dict[str, dict] = {
              "train.progress": False},
     # a ViT of 139k parameters and a CNN of 140k: the CNN at about the ViT's size
     "small": {**_vit(4, 4, 64), **_cnn(16, 32, 80), "threads": 1, "shift": 0, "degrees": 0,
-              "train.epochs": 20, "train.batch_size": 64, "train.lr": 1e-3, "train.warmup_steps": 50,
+              "train.epochs": 15, "train.batch_size": 64, "train.lr": 1e-3, "train.warmup_steps": 50,
               "train.weight_decay": 0.05, "train.eval_interval": 100},
 }
 # seconds of the equal-time comparison, per preset and data set (a folder of your own gets the mnist-5k budget)
-BUDGET: dict[str, dict[str, float]] = {"tiny": {"mnist-5k": 1, "digits": 1}, "small": {"mnist-5k": 25, "digits": 6}}
+BUDGET: dict[str, dict[str, float]] = {"tiny": {"mnist-5k": 1, "digits": 1}, "small": {"mnist-5k": 20, "digits": 5}}
 
 
 def _tag(data: str) -> str:
@@ -322,7 +322,7 @@ def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> Stage
 def smoke() -> str:
     """Doctor check: both ways of cutting patches agree, and a tiny ViT's two attention paths agree."""
     torch.manual_seed(0)
-    cfg = ViTConfig(image_size=8, patch_size=4, n_layer=1, n_head=2, n_embd=8, n_ff=16)
+    cfg = ViTConfig(image_size=8, patch_size=4, n_layer=1, n_head=2, n_embd=8, n_ff=16, patchify="conv")
     model = ViT(cfg).eval()
     x = torch.randn(2, 1, 8, 8)
     slow = ViT(replace(cfg, patchify="unfold", sdpa=False)).eval()

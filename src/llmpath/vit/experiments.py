@@ -10,7 +10,7 @@ One run = one model on one data set, in runs/vit/<name>. The pixel mean/std of t
 class names go into every checkpoint (the `tokenizer` slot of the run layer), so `load_run` rebuilds a
 classifier that reads raw [0, 1] images. `--budget_s` trains for about that many seconds instead of a number of
 epochs: a short timing probe fixes the step count before training, so the learning-rate schedule still knows
-its length (and the step count goes into results.json).
+its length (warmup shortened to at most a tenth of it; the step count goes into results.json).
 """
 
 from __future__ import annotations
@@ -118,20 +118,26 @@ def macro_f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
     return float(np.mean(f1))
 
 
-def steps_for_budget(model: nn.Module, batches: ImageBatches, cfg: TrainConfig, seconds: float, probe: int = 20) -> int:
-    """Optimizer steps that take about `seconds` here: time `probe` steps on a copy of the model (after 3 to warm up)."""
+def steps_for_budget(model: nn.Module, batches: ImageBatches, cfg: TrainConfig, seconds: float,
+                     probe_s: float = 1.0, max_probe: int = 200) -> int:
+    """Optimizer steps that take about `seconds` here: time steps of a copy of the model (3 to warm up, then until
+    probe_s seconds or max_probe steps have passed)."""
     m = copy.deepcopy(model)
     opt = make_optimizer(m, cfg)
     m.train()
-    for i in range(probe + 3):
+    n, t0 = 0, 0.0
+    for i in range(max_probe + 3):
         if i == 3:
             t0 = time.perf_counter()
         loss = classification_loss(m, batches(i))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    per_step = (time.perf_counter() - t0) / probe
-    return max(1, round(seconds / per_step))
+        if i >= 3:
+            n += 1
+            if time.perf_counter() - t0 >= probe_s:
+                break
+    return max(1, round(seconds / ((time.perf_counter() - t0) / n)))
 
 
 # ------------------------------------------------------------------------------ train
@@ -151,7 +157,9 @@ def train_classifier(cfg: ImageRun) -> dict:
     batches = ImageBatches(train, cfg.train.batch_size, stats, seed=cfg.seed, shift=cfg.shift, degrees=cfg.degrees)
     tcfg = cfg.train
     if cfg.budget_s > 0:
-        tcfg = replace(tcfg, epochs=0, max_steps=steps_for_budget(model, batches, tcfg, cfg.budget_s))
+        steps = steps_for_budget(model, batches, tcfg, cfg.budget_s)
+        # warmup at most a tenth of the run: a short budget still reaches the peak learning rate
+        tcfg = replace(tcfg, epochs=0, max_steps=steps, warmup_steps=min(tcfg.warmup_steps, steps // 10))
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model)  # the probe trained a copy: start from the same init with a fresh RNG stream
     name = "ViT" if cfg.model.arch == "vit" else "CNN"

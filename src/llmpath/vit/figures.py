@@ -67,8 +67,9 @@ def _similarity_grid(pos: Tensor, grid: int, title: str) -> Figure:
     p = F.normalize(pos.float(), dim=-1)
     sim = (p @ p.T).view(grid * grid, grid, grid).numpy()
     fig, axes = plt.subplots(grid, grid, figsize=(1.4 * grid + 1, 1.4 * grid + 0.6))
+    lo = float(sim.min())  # one colour scale for all panels, from the lowest similarity to 1 (a patch with itself)
     for i, ax in enumerate(np.asarray(axes).flat):
-        im = ax.imshow(sim[i], cmap="viridis", vmin=-1, vmax=1)
+        im = ax.imshow(sim[i], cmap="viridis", vmin=lo, vmax=1)
         ax.set_xticks([]), ax.set_yticks([])
         if i % grid == 0:
             ax.set_ylabel(f"第 {i // grid + 1} 行", fontsize=8)

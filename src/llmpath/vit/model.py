@@ -9,8 +9,9 @@ n_embd: the patches are the tokens. Prepend a learned [CLS] token, add a positio
 final LayerNorm, and classify from the [CLS] output (or from the mean of the patch outputs).
 
 Two ways to cut patches, equal to rounding: `patchify` (reshape and permute: the idea) followed by a
-linear layer, and a Conv2d whose kernel and stride are the patch size (one fast call). Both share the same
-weights, so `patch_embed.mode` switches between them. With `pos="learned"`, `pool="cls"` and exact GELU this
+linear layer, and a Conv2d whose kernel and stride are the patch size (the usual implementation). Both share
+the same weights (the Conv2d's), so `patch_embed.mode` switches between them; on a CPU the reshape + linear
+trains about 8% faster at our sizes (benchmarks/README.md), so it is the default. With `pos="learned"`, `pool="cls"` and exact GELU this
 is Hugging Face's ViTForImageClassification, tensor for tensor (vit/hf.py copies the weights).
 """
 
@@ -42,7 +43,8 @@ class ViTConfig:
     dropout: float = opt(0.0, "dropout on embeddings, attention weights and residual branches", min=0, below=1)
     pos: Literal["learned", "sincos2d", "none"] = opt("learned", "position encoding: learned 1-D table, fixed 2-D sin-cos, none")
     pool: Literal["cls", "mean"] = opt("cls", "classify from the [CLS] token or from the mean of the patch outputs (no [CLS])")
-    patchify: Literal["conv", "unfold"] = opt("conv", "cut patches with a strided Conv2d (fast) or reshape + linear (the idea)")
+    patchify: Literal["unfold", "conv"] = opt("unfold", "cut patches by reshape + linear (the idea; on a CPU also the faster "
+                                             "one to train) or by a strided Conv2d")
     layer_norm_eps: float = opt(1e-12, "LayerNorm epsilon (Hugging Face ViT's default)", above=0)
     sdpa: bool = opt(True, "attention through F.scaled_dot_product_attention (false: hand-written, gives attention maps)")
 

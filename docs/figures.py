@@ -53,6 +53,11 @@ FIGURES: dict[str, tuple[str, str]] = {
     "07_confusion_vit.png": ("vit/small-mnist-5k-vit/figures/confusion_vit.png",
                              "llmpath vit compare && llmpath vit figures"),
     "07_learning_curve.png": ("vit/small-curve/figures/learning_curve.png", "llmpath vit curve"),
+    "08_pca_en.png": ("word2vec/small/figures/pca_en.png", "llmpath word2vec train && llmpath word2vec figures"),
+    "08_pca_zh.png": ("word2vec/small/figures/pca_zh.png",
+                      "llmpath word2vec train --corpus=chinese-words --name=small-zh && llmpath word2vec figures"),
+    "08_static_vs_contextual.png": ("word2vec/small/figures/static_vs_contextual.png",
+                                    "llmpath bert train && llmpath word2vec figures"),
 }
 
 

@@ -266,7 +266,7 @@ def test_bad_sampling_options_too(tmp_path, capsys):
 
 
 TRAIN_CONFIGS = {}
-for _topic in ("mlp", "rnn", "seq2seq", "transformer", "gpt", "bert", "vit"):
+for _topic in ("mlp", "rnn", "seq2seq", "transformer", "gpt", "bert", "vit", "word2vec"):
     import importlib
 
     _mod = importlib.import_module(f"llmpath.{_topic}.cli")

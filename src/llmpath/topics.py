@@ -102,5 +102,15 @@ TOPIC_LIST: list[Topic] = [
                    "ViTForImageClassification 的输出和梯度一致；在 mnist-5k 与 scikit-learn digits 上，"
                    "与参数量相近的 LeNet 式 CNN 在相同轮数和相同时间下比较，并用学到的位置嵌入相似度、注意力展开、"
                    "卷积核和学习曲线解释差距从何而来（归纳偏置与数据量）。")),
+    Topic("word2vec", "llmpath.word2vec", "stage 8: word vectors, CBOW and skip-gram with negative sampling, against gensim",
+          stage="8", stage_title="词向量：CBOW 与 skip-gram、负采样，与 gensim 并排比较；静态与上下文向量",
+          tutorial="docs/tutorials/08_word2vec.md", notebook="notebooks/08_word2vec.ipynb",
+          config="llmpath.word2vec.training:Word2VecRun", model="llmpath.word2vec.model:Word2Vec",
+          tokenizer="llmpath.word2vec.data:vocab_from_state",
+          teaches=("从分布假设出发，手写 word2vec 的两种目标（CBOW：窗口平均预测中心词；skip-gram：中心词预测邻居）"
+                   "与负采样（噪声词按词频的 3/4 次方抽，手推梯度与 autograd 逐行一致，一步更新只动批里出现的行），"
+                   "常见词下采样、动态窗口、最小词频；目标函数交给共用的 fit。在 gensim 自带的维基百科样本上与 "
+                   "gensim 的 C 实现同设置、3 个种子比较 WordSim-353、SimLex-999 与类比准确率；中文评论用 jieba 分词与按字"
+                   "对照；最后用第 6 章的 BERT 对比同一个词的静态向量与上下文向量。")),
 ]
 TOPICS: dict[str, Topic] = {t.name: t for t in TOPIC_LIST}

@@ -69,11 +69,27 @@ def train_step_fn(loss, model: torch.nn.Module):
     return step
 
 
+def patch_embedding_times(cfg: ViTConfig, x: torch.Tensor, reps: int) -> dict[str, float]:
+    """Median seconds of the patch embedding alone (forward + backward), Conv2d vs reshape + linear, alternating."""
+    from llmpath.vit.model import ViT
+
+    torch.manual_seed(0)
+    m = ViT(cfg)
+    times: dict[str, list[float]] = {"conv": [], "unfold": []}
+    for _ in range(reps):
+        for mode in times:
+            m.patch_embed.mode = mode
+            t0 = time.perf_counter()
+            m.patch_embed(x).sum().backward()
+            times[mode].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (the presets train with 1)")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median reported)")
-    ap.add_argument("--steps", type=int, default=20, help="training steps per model per round")
+    ap.add_argument("--rounds", type=int, default=30, help="interleaved rounds (median reported)")
+    ap.add_argument("--steps", type=int, default=5, help="training steps per model per round")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--image", type=int, default=28)
     ap.add_argument("--patch", type=int, default=7)
@@ -116,6 +132,10 @@ def main() -> None:
     for k, t in times.items():
         s = statistics.median(t)
         print(f"| {k} | {1e3 * s:.2f} | {args.batch / s:,.0f} | {s / base:.2f}x |", flush=True)
+    pe = patch_embedding_times(cfg, x, 300)
+    print(f"\npatch embedding alone (forward + backward, batch {args.batch}, median of 300 alternating reps): "
+          f"Conv2d {1e3 * pe['conv']:.2f} ms, reshape + linear {1e3 * pe['unfold']:.2f} ms "
+          f"({pe['conv'] / pe['unfold']:.1f}x)")
     print(f"(1024x1024 matmul re-measured at the end: {matmul_peak() / 1e9:.0f} GFLOP/s)")
 
 

@@ -173,15 +173,19 @@ def test_doctor_smoke():
 
 
 def test_ablation_variants_are_one_change_each():
-    cfg = cli.AblationRun(preset="small")
+    cfg = cli.AblationRun(preset="small", seeds="0,1")
     rows = cli.ablation_configs(cfg)
-    default = [c for _, label, c in rows if "默认" in label]
-    assert len({c.name for c in default}) == 1  # every group's default is the same run, trained once
-    changed = {label: c for _, label, c in rows if "默认" not in label}
-    assert changed["4×4 图块（49 个词元）"].model.vit.patch_size == 4
+    default = [runs for _, label, runs in rows if "默认" in label]
+    assert len({tuple(c.name for c in runs) for runs in default}) == 1  # the default is one set of runs, trained once
+    assert [c.seed for c in default[0]] == [0, 1] and default[0][1].name.endswith("default-seed1")
+    changed = {label: runs[0] for _, label, runs in rows if "默认" not in label}
+    assert changed["4×4 像素的图块（7×7 = 49 个词元）"].model.vit.patch_size == 4
     assert changed["固定二维正弦-余弦"].model.vit.pos == "sincos2d" and changed["6 层"].model.vit.n_layer == 6
-    with pytest.raises(ConfigError):
-        cli.variant(cfg, "x", nope=1)
+    with pytest.raises(ConfigError, match="--seeds expects"):
+        cli.ablation_configs(cli.AblationRun(preset="small", seeds="a"))
+    table = cli.ablation_table([{"group": "g", "label": "l", "params": 1, "seconds": 2.0, "val_acc": 0.9,
+                                 "val_acc_std": 0.01, "val_accs": [0.89, 0.91]}])
+    assert "0.9000 ± 0.0100" in table and "2 个种子" in table
 
 
 # ------------------------------------------------------------------------ the exercises

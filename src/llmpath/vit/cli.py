@@ -50,7 +50,7 @@ PRESETS: dict[str, dict] = {
               "train.weight_decay": 0.05, "train.eval_interval": 100},
 }
 # seconds of the equal-time comparison, per preset and data set (a folder of your own gets the mnist-5k budget)
-BUDGET: dict[str, dict[str, float]] = {"tiny": {"mnist-5k": 1, "digits": 1}, "small": {"mnist-5k": 20, "digits": 5}}
+BUDGET: dict[str, dict[str, float]] = {"tiny": {"mnist-5k": 1, "digits": 1}, "small": {"mnist-5k": 15, "digits": 5}}
 
 
 def _tag(data: str) -> str:
@@ -141,13 +141,14 @@ def compare_table(results: dict) -> str:
 
 @dataclass
 class AblationRun(ImageRun):
+    seeds: str = opt("0", "comma-separated seeds; with more than one the table shows the mean and the spread")
     workers: int = opt(1, "runs trained side by side, one process each (use with --threads=1)", min=1, result=False)
 
 
 ABLATIONS = [  # (group, label, overrides): each against the preset's ViT, on the validation split
-    ("图块大小", "4×4 图块（49 个词元）", {"patch_size": 4}),
-    ("图块大小", "7×7 图块（16 个词元，默认）", {}),
-    ("图块大小", "14×14 图块（4 个词元）", {"patch_size": 14}),
+    ("图块大小", "4×4 像素的图块（7×7 = 49 个词元）", {"patch_size": 4}),
+    ("图块大小", "7×7 像素（4×4 = 16 个词元，默认）", {}),
+    ("图块大小", "14×14 像素（2×2 = 4 个词元）", {"patch_size": 14}),
     ("位置编码", "无位置编码", {"pos": "none"}),
     ("位置编码", "可学习一维（默认）", {}),
     ("位置编码", "固定二维正弦-余弦", {"pos": "sincos2d"}),
@@ -161,13 +162,25 @@ ABLATIONS = [  # (group, label, overrides): each against the preset's ViT, on th
 ]
 
 
-def ablation_configs(cfg: AblationRun) -> list[tuple[str, str, ImageRun]]:
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        seeds = []
+    if not seeds or seeds[0] < 0:
+        raise ConfigError(f"--seeds expects non-negative integers separated by commas, e.g. 0,1,2; got '{text}'")
+    return seeds
+
+
+def ablation_configs(cfg: AblationRun) -> list[tuple[str, str, list[ImageRun]]]:
+    """(group, label, one run per seed); a variant that several groups share (the default) is one set of runs."""
     base = variant(_plain(cfg), "ablation", arch="vit")
     out, seen = [], {}
     for group, label, over in ABLATIONS:
         tag = "-".join(f"{k.split('.')[-1]}{v}" for k, v in over.items()) or "default"
-        c = seen.setdefault(tag, variant(base, tag, **over))
-        out.append((group, label, c))
+        runs = seen.setdefault(tag, [variant(base, tag if s == 0 else f"{tag}-seed{s}", seed=s, **over)
+                                     for s in _seeds(cfg.seeds)])
+        out.append((group, label, runs))
     return out
 
 
@@ -175,10 +188,16 @@ def ablation(cfg: AblationRun) -> dict:
     """ViT variants on mnist-5k, one change at a time, judged on the validation split (the test split stays unseen)."""
     setup_logging()
     rows = ablation_configs(cfg)
-    unique = list({c.name: c for _, _, c in rows}.values())
+    unique = list({c.name: c for _, _, runs in rows for c in runs}.values())
     by_name = dict(zip([c.name for c in unique], train_many(unique, cfg.workers)))
-    results = [{"group": g, "label": lab, **{k: by_name[c.name][k] for k in ("params", "val_acc", "seconds", "steps")}}
-               for g, lab, c in rows]
+    results = []
+    for group, label, runs in rows:
+        accs = [by_name[c.name]["val_acc"] for c in runs]
+        first = by_name[runs[0].name]
+        results.append({"group": group, "label": label, "params": first["params"], "steps": first["steps"],
+                        "seconds": float(np.mean([by_name[c.name]["seconds"] for c in runs])),
+                        "val_acc": float(np.mean(accs)), "val_acc_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
+                        "val_accs": accs})
     out = open_folder(replace(cfg, name=f"{cfg.name or cfg.preset or 'small'}-ablation"), TOPIC)
     write_json(out / "results.json", results)
     print(ablation_table(results))
@@ -186,9 +205,12 @@ def ablation(cfg: AblationRun) -> dict:
 
 
 def ablation_table(results: list[dict]) -> str:
-    return markdown_table(["改动", "变体", "参数量", "训练秒数", "验证准确率"],
-                          [[r["group"], r["label"], f"{r['params']:,}", f"{r['seconds']:.0f}", f"{r['val_acc']:.4f}"]
-                           for r in results], "llrrr")
+    n = len(results[0]["val_accs"]) if results else 1
+    acc = (lambda r: f"{r['val_acc']:.4f} ± {r['val_acc_std']:.4f}") if n > 1 else (lambda r: f"{r['val_acc']:.4f}")
+    head = "验证准确率" + (f"（{n} 个种子的均值 ± 标准差）" if n > 1 else "")
+    return markdown_table(["改动", "变体", "参数量", "训练秒数", head],
+                          [[r["group"], r["label"], f"{r['params']:,}", f"{r['seconds']:.0f}", acc(r)] for r in results],
+                          "llrrr")
 
 
 # ------------------------------------------------------------------------------- curve
@@ -267,7 +289,9 @@ def figures(cfg: FiguresRun) -> list[Path]:
     out = [save_fig(patches_figure(test.images[0, 0], vit.cfg.patch_size), fig_dir / "patches.png")]
     if vit.cfg.pos == "learned":
         out.append(save_fig(position_similarity_figure(vit), fig_dir / "position_similarity.png"))
-    pick = np.concatenate([np.flatnonzero(preds["ViT"] == labels)[:6], np.flatnonzero(preds["ViT"] != labels)[:2]])
+    right, wrong = preds["ViT"] == labels, preds["ViT"] != labels
+    pick = [int(np.flatnonzero(right & (labels == c))[0]) for c in np.unique(labels[right])[:6]]
+    pick += [int(np.flatnonzero(wrong & (labels == c))[0]) for c in np.unique(labels[wrong])[::3][:2]]
     out.append(save_fig(rollout_figure(vit, test.images[pick], labels[pick], preds["ViT"][pick], norm),
                         fig_dir / "rollout.png"))
     out.append(save_fig(cnn_filters_figure(cnn.conv1.weight), fig_dir / "cnn_filters.png"))

@@ -157,7 +157,7 @@ def train_classifier(cfg: ImageRun) -> dict:
     batches = ImageBatches(train, cfg.train.batch_size, stats, seed=cfg.seed, shift=cfg.shift, degrees=cfg.degrees)
     tcfg = cfg.train
     if cfg.budget_s > 0:
-        steps = steps_for_budget(model, batches, tcfg, cfg.budget_s)
+        steps = steps_for_budget(model, batches, tcfg, cfg.budget_s, probe_s=min(1.0, cfg.budget_s / 4))
         # warmup at most a tenth of the run: a short budget still reaches the peak learning rate
         tcfg = replace(tcfg, epochs=0, max_steps=steps, warmup_steps=min(tcfg.warmup_steps, steps // 10))
         torch.manual_seed(cfg.seed)

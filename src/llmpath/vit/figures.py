@@ -138,11 +138,12 @@ def cnn_filters_figure(conv_weight: Tensor) -> Figure:
 
 
 def misclassified_figure(images: Tensor, labels: np.ndarray, preds: dict[str, np.ndarray], k: int = 8) -> Figure:
-    """For each model, k test digits it gets wrong, titled true -> predicted."""
+    """For each model, k test digits it gets wrong (a seeded sample), titled true -> predicted."""
     use_cjk()
     fig, axes = plt.subplots(len(preds), k, figsize=(1.3 * k, 1.6 * len(preds) + 0.3), squeeze=False)
     for r, (name, pred) in enumerate(preds.items()):
-        wrong = np.flatnonzero(pred != labels)[:k]
+        wrong = np.flatnonzero(pred != labels)
+        wrong = np.sort(np.random.default_rng(0).choice(wrong, min(k, len(wrong)), replace=False))  # all classes, not the first
         for c in range(k):
             ax = axes[r, c]
             ax.set_xticks([]), ax.set_yticks([])

@@ -10,8 +10,9 @@ final LayerNorm, and classify from the [CLS] output (or from the mean of the pat
 
 Two ways to cut patches, equal to rounding: `patchify` (reshape and permute: the idea) followed by a
 linear layer, and a Conv2d whose kernel and stride are the patch size (the usual implementation). Both share
-the same weights (the Conv2d's), so `patch_embed.mode` switches between them; on a CPU the reshape + linear
-trains about 8% faster at our sizes (benchmarks/README.md), so it is the default. With `pos="learned"`, `pool="cls"` and exact GELU this
+the same weights (the Conv2d's), so `patch_embed.mode` switches between them. On a CPU the reshape + linear is
+the faster one (forward + backward of the patch embedding about 3x faster at our sizes, though only ~2% of a
+whole training step; benchmarks/README.md), so it is the default. With `pos="learned"`, `pool="cls"` and exact GELU this
 is Hugging Face's ViTForImageClassification, tensor for tensor (vit/hf.py copies the weights).
 """
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +32,7 @@ from llmpath.bert.hf import config_to_hf, from_hf
 from llmpath.bert.model import IGNORE, BERTConfig
 from llmpath.bert.objectives import PretrainBatch, pretrain_loss
 
-from bench_gpt import matmul_peak  # benchmarks/ is the script's folder, so its siblings import
+from bench_gpt import interleaved_times, matmul_peak  # benchmarks/ is the script's folder, so its siblings import
 
 OURS = "ours (SDPA, masked-only logits)"
 
@@ -128,15 +127,7 @@ def main() -> None:
     loss = check_equal_losses(ms, b)
     n_masked = int((b.mlm_labels != IGNORE).sum())
     fns = {k: train_step_fn(loss_fn(k, m, b), m) for k, m in ms.items()}
-    for fn in fns.values():
-        fn(), fn()  # warm-up: allocator, optimizer state
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                fn()
-            times[k].append((time.perf_counter() - t0) / steps)
+    times = interleaved_times(fns, rounds, steps)
     n_params = sum(p.numel() for p in ms[OURS].parameters())
     tokens = args.batch * args.seq
     print(f"\n## pretraining step: n_layer=4 n_head=4 n_embd=256 n_ff=1024, vocab {args.vocab}, seq {args.seq}, "

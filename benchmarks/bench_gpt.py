@@ -33,6 +33,21 @@ SHAPES = [("4x128", 4, 4, 128, 64, 12), ("6x384", 6, 6, 384, 128, 8)]
 PROMPT, NEW = 16, 256
 
 
+def interleaved_times(fns: dict, rounds: int, steps: int) -> dict[str, list[float]]:
+    """Seconds per call of each function, in rounds (A B C, A B C, ...) after two warm-up calls each, so that load
+    from other processes hits them alike; one list of per-round means per name (callers take the median)."""
+    for fn in fns.values():
+        fn(), fn()  # warm-up: allocator, optimizer state
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            times[k].append((time.perf_counter() - t0) / steps)
+    return times
+
+
 def matmul_peak(n: int = 1024, repeats: int = 20) -> float:
     """Best fp32 FLOP/s of an n x n matmul on the current threads (the best run: other load only slows it)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -99,15 +114,7 @@ def training(shape: tuple, vocab: int, rounds: int, steps: int, peak: float, com
         fn()  # the first call compiles forward and backward
         print(f"(torch.compile of ours: {time.perf_counter() - t0:.0f} s to compile)", flush=True)
         steps_fns["ours (SDPA), torch.compile"] = fn
-    for fn in steps_fns.values():
-        fn(), fn()  # warm-up: allocator, optimizer state
-    times = {k: [] for k in steps_fns}
-    for _ in range(rounds):
-        for k, fn in steps_fns.items():
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                fn()
-            times[k].append((time.perf_counter() - t0) / steps)
+    times = interleaved_times(steps_fns, rounds, steps)
     tokens = batch * block
     print(f"\n## training, {name}: n_layer={n_layer} n_head={n_head} n_embd={n_embd} block {block} batch {batch}; "
           f"{ours.num_params():,} parameters ({n:,} without position embeddings); {fpt / 1e6:.2f} MFLOP/token; "

@@ -28,7 +28,7 @@ import transformers
 from llmpath.vit.hf import config_to_hf, from_hf
 from llmpath.vit.model import ViTConfig
 
-from bench_gpt import matmul_peak  # benchmarks/ is the script's folder, so its siblings import
+from bench_gpt import interleaved_times, matmul_peak  # benchmarks/ is the script's folder, so its siblings import
 
 OURS = "ours (unfold patches, SDPA)"
 
@@ -114,15 +114,7 @@ def main() -> None:
     ref = losses[OURS]
     assert all(abs(v - ref) < 1e-4 for v in losses.values()), f"losses differ: {losses}"
     fns = {k: train_step_fn(loss_fn(k, m, x, y), m) for k, m in ms.items()}
-    for fn in fns.values():
-        fn(), fn()  # warm-up: allocator, optimizer state
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                fn()
-            times[k].append((time.perf_counter() - t0) / steps)
+    times = interleaved_times(fns, rounds, steps)
     n_params = sum(p.numel() for p in ms[OURS].parameters())
     print(f"\n## training step: image {args.image}, patch {args.patch} ({cfg.n_patches} patches + [CLS]), "
           f"n_layer={args.layers} n_head={args.heads} n_embd={args.width} n_ff={2 * args.width}, batch {args.batch}; "

@@ -16,6 +16,8 @@ from llmpath.bert.model import IGNORE, BERT, BERTClassifier, BERTConfig, BERTPre
 from llmpath.bert.objectives import PretrainBatch, mlm_nsp_metrics, pretrain_loss
 from llmpath.config import ConfigError
 
+from helpers import perturb
+
 try:
     import transformers
 except ImportError:  # the dev extra installs it; without it only the comparisons are skipped
@@ -24,15 +26,6 @@ needs_hf = pytest.mark.skipif(transformers is None, reason="needs transformers (
 
 V, PAD = 100, 0
 CFG = BERTConfig(vocab_size=V, max_len=16, n_layer=2, n_head=4, n_embd=32, n_ff=64, dropout=0.0, pad_id=PAD)
-
-
-def perturb(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Add noise to every parameter (LayerNorms and zero biases included), so no layer is an identity by chance."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return model
 
 
 def ours(seed: int = 0, **kw) -> BERTPretraining:

@@ -16,6 +16,8 @@ from llmpath.vit.hf import config_from_hf, config_to_hf, from_hf, from_hf_state_
 from llmpath.vit.model import (ViT, ViTConfig, attention_rollout, auto_patch_size, patchify, sincos_1d, sincos_2d,
                                unpatchify)
 
+from helpers import perturb
+
 try:
     import transformers
 except ImportError:  # the dev extra installs it; without it only the comparisons are skipped
@@ -23,15 +25,6 @@ except ImportError:  # the dev extra installs it; without it only the comparison
 needs_hf = pytest.mark.skipif(transformers is None, reason="needs transformers (pip install -e .[dev])")
 
 CFG = ViTConfig(image_size=28, patch_size=7, channels=1, n_classes=10, n_layer=2, n_head=4, n_embd=32, n_ff=64)
-
-
-def perturb(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Noise on every parameter (LayerNorms, zero biases and [CLS] too), so no layer is an identity by chance."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return model
 
 
 def ours(seed: int = 0, **kw) -> ViT:

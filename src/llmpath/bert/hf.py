@@ -26,7 +26,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from llmpath.bert.model import BERT, BERTClassifier, BERTConfig, BERTPretraining
-from llmpath.gpt.hf import read_weights  # the same files as any Hugging Face model folder
+from llmpath.gpt.hf import read_folder  # the same files as any Hugging Face model folder
 
 # (ours, Hugging Face) module paths; ".weight" / ".bias" follow, {i} is the layer number
 _NAMES = [
@@ -184,13 +184,7 @@ def from_hf(model_or_dir: Any, dropout: float | None = None, sdpa: bool = True) 
     BertForPreTraining -> BERTPretraining, BertForSequenceClassification -> BERTClassifier, BertModel -> BERT;
     in eval mode. dropout: None keeps the config's.
     """
-    if isinstance(model_or_dir, nn.Module):
-        hf_cfg, sd = model_or_dir.config.to_dict(), model_or_dir.state_dict()
-    else:
-        path = Path(model_or_dir)
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"no config.json in '{path}'; give a folder written by to_hf or save_pretrained")
-        hf_cfg, sd = json.loads((path / "config.json").read_text(encoding="utf-8")), read_weights(path)
+    hf_cfg, sd = read_folder(model_or_dir)
     cfg = config_from_hf(hf_cfg, dropout=dropout, sdpa=sdpa)
     ours = from_hf_state_dict(sd)
     clf_drop = hf_cfg.get("classifier_dropout") if dropout is None else dropout

@@ -118,19 +118,22 @@ def _load_state(model: GPT, ours: dict[str, Tensor]) -> GPT:
 
 def from_hf(model_or_dir: Any, dropout: float = 0.0, sdpa: bool = True) -> GPT:
     """Our GPT with the weights of a transformers GPT-2 model object, or of a local model folder."""
-    if isinstance(model_or_dir, nn.Module):
-        hf_cfg = model_or_dir.config.to_dict()
-        sd = model_or_dir.state_dict()
-    else:
-        path = Path(model_or_dir)
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"no config.json in '{path}'; give a folder saved by to_hf() or save_pretrained()")
-        hf_cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        sd = read_weights(path)
+    hf_cfg, sd = read_folder(model_or_dir)
     cfg, ours = config_from_hf(hf_cfg, dropout=dropout, sdpa=sdpa), _ours_from_hf_state(sd)
     if not cfg.bias:
         ours, cfg = _without_zero_biases(ours, cfg)
     return _load_state(GPT(cfg), ours).eval()
+
+
+def read_folder(model_or_dir: Any) -> tuple[dict, dict[str, Tensor]]:
+    """(config dict, state dict by Hugging Face names) of a transformers model object or of a local model folder
+    (config.json + model.safetensors or pytorch_model.bin): what every topic's `from_hf` starts from."""
+    if isinstance(model_or_dir, nn.Module):
+        return model_or_dir.config.to_dict(), model_or_dir.state_dict()
+    path = Path(model_or_dir)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"no config.json in '{path}'; give a folder saved by to_hf() or save_pretrained()")
+    return json.loads((path / "config.json").read_text(encoding="utf-8")), read_weights(path)
 
 
 def read_weights(path: Path) -> dict[str, Tensor]:

@@ -17,9 +17,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from llmpath.gpt.hf import read_weights  # the same files as any Hugging Face model folder
+from llmpath.gpt.hf import read_folder  # the same files as any Hugging Face model folder
 from llmpath.vit.model import ViT, ViTConfig
 
 # (ours, Hugging Face) names; {i} is the layer number
@@ -133,13 +133,7 @@ def from_hf_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def from_hf(model_or_dir: Any, sdpa: bool = True) -> ViT:
     """Our ViT (eval mode) with the weights of a ViTForImageClassification object or folder."""
-    if isinstance(model_or_dir, nn.Module):
-        hf_cfg, sd = model_or_dir.config.to_dict(), model_or_dir.state_dict()
-    else:
-        path = Path(model_or_dir)
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"no config.json in '{path}'; give a folder written by to_hf or save_pretrained")
-        hf_cfg, sd = json.loads((path / "config.json").read_text(encoding="utf-8")), read_weights(path)
+    hf_cfg, sd = read_folder(model_or_dir)
     model = ViT(config_from_hf(hf_cfg, sdpa=sdpa))
     missing, unexpected = model.load_state_dict(from_hf_state_dict(sd), strict=False)
     if missing or unexpected:

@@ -22,6 +22,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from sklearn.metrics import f1_score
 from torch import Tensor, nn
 
 from llmpath.common import count_params, log, setup_logging
@@ -97,25 +98,20 @@ def prepare(cfg: ImageRun) -> tuple[ImageRun, ImageSet, ImageSet, ImageSet]:
     return replace(cfg, model=model), train, val, test
 
 
+def logits_of(model: nn.Module, x: Tensor, batch_size: int = 500) -> Tensor:
+    """The model's logits for already-normalised images, in batches on its device, returned on the CPU."""
+    device = next(model.parameters()).device
+    return torch.cat([model(x[a:a + batch_size].to(device)).cpu() for a in range(0, len(x), batch_size)])
+
+
 @torch.no_grad()
 def predict(model: nn.Module, images: Tensor, norm: Normalizer, batch_size: int = 500) -> Tensor:
     """Predicted class of every [0, 1] image (eval mode, in batches)."""
     was = model.training
     model.eval()
-    device = next(model.parameters()).device
-    out = torch.cat([model(norm(images[a:a + batch_size]).to(device)).argmax(-1).cpu()
-                     for a in range(0, len(images), batch_size)])
+    out = logits_of(model, norm(images), batch_size).argmax(-1)
     model.train(was)
     return out
-
-
-def macro_f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
-    f1 = []
-    for c in range(n_classes):
-        tp = np.sum((pred == c) & (y == c))
-        denom = np.sum(pred == c) + np.sum(y == c)
-        f1.append(2 * tp / denom if denom else 0.0)
-    return float(np.mean(f1))
 
 
 def steps_for_budget(model: nn.Module, batches: ImageBatches, cfg: TrainConfig, seconds: float,
@@ -168,7 +164,7 @@ def train_classifier(cfg: ImageRun) -> dict:
     val_x = norm(val.images)
 
     def evaluate(m: nn.Module) -> dict:
-        logits = torch.cat([m(val_x[a:a + 500].to(run.device)).cpu() for a in range(0, len(val_x), 500)])
+        logits = logits_of(m, val_x)
         return {"val_loss": float(torch.nn.functional.cross_entropy(logits, val.labels)),
                 "val_acc": float((logits.argmax(-1) == val.labels).float().mean())}
 
@@ -182,7 +178,8 @@ def train_classifier(cfg: ImageRun) -> dict:
     summary = {"arch": cfg.model.arch, "data": cfg.data, "params": count_params(model), "train_images": len(train),
                "steps": res.step, "epochs": round(res.step * tcfg.batch_size / len(train), 2),
                "seconds": round(res.seconds, 1), "val_acc": res.best, "test_acc": float(np.mean(pred == y)),
-               "test_macro_f1": macro_f1(y, pred, len(train.classes)), "budget_s": cfg.budget_s,
+               "test_macro_f1": float(f1_score(y, pred, labels=range(len(train.classes)), average="macro",
+                                                zero_division=0)), "budget_s": cfg.budget_s,
                "figures": [curves]}
     summary = run.finish(summary)
     log.info(f"{name} on {cfg.data}: test accuracy {summary['test_acc']:.4f} (val {res.best:.4f}) "

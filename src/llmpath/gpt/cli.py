@@ -27,7 +27,7 @@ from llmpath.gpt.data import (encode_known, encode_special, lm_text, make_tokeni
                               tokenizer_from_state)
 from llmpath.gpt.finetune import (GPTClassifier, classify_loss, collate, encode_texts, lm_loss, lm_val_loss,
                                   predict)
-from llmpath.gpt.generate import beam_search, generate, stream
+from llmpath.generation import beam_search, generate, stream
 from llmpath.gpt.hf import from_hf, local_folder, to_hf
 from llmpath.gpt.model import GPT, MODEL_PRESETS, GPTConfig
 from llmpath.plotting import save_fig, training_curves

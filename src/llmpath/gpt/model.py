@@ -11,7 +11,7 @@ Transformer stage's (llmpath.transformer.attention), called with GPT-2-shaped pr
 these parameter names to and from Hugging Face's `GPT2LMHeadModel`.
 
 During generation a `KVCache` keeps every layer's keys and values, so each new token costs one
-row of attention instead of recomputing the whole prefix (see generate.py).
+row of attention instead of recomputing the whole prefix (llmpath.generation, shared by every decoder).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmpath.config import check_heads, opt
+from llmpath.generation import KVCache, cached_kv  # noqa: F401  (KVCache: importable from here too)
 from llmpath.transformer.attention import scaled_dot_product_attention
 
 
@@ -51,33 +52,6 @@ MODEL_PRESETS: dict[str, dict] = {
 }
 
 
-class KVCache:
-    """Pre-allocated keys and values of every layer: (B, nh, max_len, hs) each, `pos` slots filled."""
-
-    def __init__(self, cfg: GPTConfig, batch_size: int, max_len: int | None = None,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-        self.max_len = max_len or cfg.block_size
-        shape = (batch_size, cfg.n_head, self.max_len, cfg.n_embd // cfg.n_head)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.pos = 0
-
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write the new (B, nh, T, hs) keys/values after the cached ones; return all of them so far."""
-        end = self.pos + k.shape[2]
-        self.k[layer][:, :, self.pos:end] = k
-        self.v[layer][:, :, self.pos:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
-
-    def reorder(self, index: Tensor) -> None:
-        """Keep the batch rows `index` (beam search: each surviving beam takes its parent's cache)."""
-        self.k = [k.index_select(0, index) for k in self.k]
-        self.v = [v.index_select(0, index) for v in self.v]
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
-
-
 class CausalSelfAttention(nn.Module):
     """GPT-2 attention: one fused q,k,v projection, nh heads, causal attention, output projection."""
 
@@ -94,14 +68,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        mask, causal = None, True
-        if cache is not None:
-            past = cache.pos
-            k, v = cache.update(layer, k, v)  # (B, nh, past+T, hs)
-            if past > 0:  # new queries sit at positions past..past+T-1: they see every cached key
-                causal = False
-                if T > 1:
-                    mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
+        k, v, mask, causal = cached_kv(q, k, v, cache, layer)  # with a cache: every key so far
         y, _ = scaled_dot_product_attention(q, k, v, mask=mask, causal=causal,
                                             dropout=self.dropout if self.training else 0.0, sdpa=self.sdpa)
         y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again

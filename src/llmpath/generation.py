@@ -1,0 +1,248 @@
+"""Generation for every decoder: sampling, greedy, beam search, streaming, stop tokens, and the KV cache.
+
+    ids = generate(model, prompt_ids, max_new_tokens=200, temperature=0.8, top_k=50)
+    for tok in stream(model, prompt_ids, max_new_tokens=200): print(tok)
+    best = beam_search(model, prompt_ids, num_beams=4, max_new_tokens=30)
+
+A language model gives p(x_t | x_<t); generating is a loop that turns the last position's logits
+into one token and appends it. `use_cache=True` keeps every layer's keys and values (KVCache), so each
+step feeds only the one new token: O(T) attention work per step instead of recomputing the O(T^2)
+prefix. The tokens are identical either way (tests/test_gpt.py, tests/test_llama.py). The logits
+processing follows Hugging Face's order and definitions (repetition penalty, temperature, top-k,
+top-p), and a test compares ours with their LogitsProcessor classes.
+
+A decoder works with this module when it has `cfg.block_size`, `cfg.n_layer`, `cfg.n_head`,
+`cfg.n_embd` (and `cfg.n_kv_head` for grouped-query attention) and a forward
+`model(idx, cache=cache, last_only=True) -> (logits, loss)` whose attention calls `cached_attention`.
+GPT (stage 5) and the Llama-style decoder (stage 9) both do.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from torch import nn
+
+
+
+class KVCache:
+    """Pre-allocated keys and values of every layer: (B, n_kv_head, max_len, head_size) each, `pos` slots filled.
+
+    With grouped-query attention (n_kv_head < n_head) only the n_kv_head shared key/value heads are kept:
+    the cache is n_head / n_kv_head times smaller than multi-head attention's.
+    """
+
+    def __init__(self, cfg, batch_size: int, max_len: int | None = None,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        self.max_len = max_len or cfg.block_size
+        n_kv = getattr(cfg, "n_kv_head", 0) or cfg.n_head
+        shape = (batch_size, n_kv, self.max_len, cfg.n_embd // cfg.n_head)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.pos = 0
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write the new (B, nh, T, hs) keys/values after the cached ones; return all of them so far."""
+        end = self.pos + k.shape[2]
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep the batch rows `index` (beam search: each surviving beam takes its parent's cache)."""
+        self.k = [k.index_select(0, index) for k in self.k]
+        self.v = [v.index_select(0, index) for v in self.v]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+
+def kv_bytes_per_token(n_layer: int, n_kv_head: int, head_size: int, bytes_per_value: int = 2) -> int:
+    """Cache bytes one token costs: a key and a value vector of every key/value head of every layer."""
+    return 2 * n_layer * n_kv_head * head_size * bytes_per_value
+
+
+def cached_kv(q: Tensor, k: Tensor, v: Tensor, cache: KVCache | None = None, layer: int = 0,
+              ) -> tuple[Tensor, Tensor, Tensor | None, bool]:
+    """Keys, values and mask for causal attention of q (B, nh, T, hs) over k, v (B, n_kv, T, hs).
+
+    With a cache the new k, v are stored after the cached ones and all of them come back; the new
+    queries sit at positions pos..pos+T-1, so they see every cached key and, among the new ones, only
+    those not after them. With n_kv < nh (grouped-query attention) each key/value head is repeated for
+    its nh / n_kv query heads. Returns (k, v, mask, causal) for `scaled_dot_product_attention`.
+    """
+    T = q.shape[2]
+    mask, causal = None, True
+    if cache is not None:
+        past = cache.pos
+        k, v = cache.update(layer, k, v)  # (B, n_kv, past+T, hs)
+        if past > 0:
+            causal = False
+            if T > 1:
+                mask = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(past)
+    if k.shape[1] != q.shape[1]:
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # (B, nh, S, hs)
+    return k, v, mask, causal
+
+def crop_prompt(idx: Tensor, block_size: int) -> Tensor:
+    """Keep the last block_size tokens of a (B, T) prompt, with a warning when that drops any."""
+    if idx.shape[1] > block_size:
+        warnings.warn(f"prompt of {idx.shape[1]} tokens is longer than the context ({block_size}); "
+                      f"keeping its last {block_size} tokens", stacklevel=3)
+        idx = idx[:, -block_size:]
+    return idx
+
+
+def _as_batch(idx: Tensor | Sequence[int], model: nn.Module) -> Tensor:
+    device = next(model.parameters()).device
+    idx = torch.as_tensor(idx, dtype=torch.long, device=device)
+    if idx.dim() == 1:
+        idx = idx[None]
+    if idx.shape[1] == 0:
+        raise ValueError("the prompt is empty; give at least one token (e.g. a newline, or the end-of-text token)")
+    return idx
+
+
+def process_logits(logits: Tensor, context: Tensor | None = None, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None, repetition_penalty: float = 1.0) -> Tensor:
+    """(B, V) logits -> filtered/scaled logits; removed tokens get -inf. Hugging Face's order and rules."""
+    if repetition_penalty != 1.0 and context is not None:
+        # CTRL (Keskar et al. 2019): make every token already in the context less likely.
+        seen = logits.gather(1, context)
+        seen = torch.where(seen < 0, seen * repetition_penalty, seen / repetition_penalty)
+        logits = logits.scatter(1, context, seen)
+    if temperature != 1.0:
+        logits = logits / temperature  # < 1 sharpens the distribution, > 1 flattens it
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        # Nucleus (Holtzman et al. 2020): the smallest set of tokens whose probability reaches top_p.
+        sorted_logits, order = torch.sort(logits, descending=False)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum <= 1 - top_p
+        drop[:, -1] = False  # always keep the most likely token
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return logits
+
+
+def _next_logits(model: nn.Module, seqs: Tensor, cache: KVCache | None) -> Tensor:
+    """Logits (B, V) for the token after seqs; with a cache, only the tokens it has not seen are fed."""
+    if cache is not None and seqs.shape[1] <= cache.max_len:
+        logits, _ = model(seqs[:, cache.pos:], cache=cache, last_only=True)
+    else:  # past the context (or no cache): recompute on the last block_size tokens, as without a cache
+        logits, _ = model(seqs[:, -model.cfg.block_size:], last_only=True)
+    return logits[:, -1].float()
+
+
+def _new_cache(model: nn.Module, batch: int) -> KVCache:
+    p = next(model.parameters())
+    return KVCache(model.cfg, batch, device=p.device, dtype=p.dtype)
+
+
+@torch.no_grad()
+def _steps(model: nn.Module, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+           top_p: float | None = None, repetition_penalty: float = 1.0, greedy: bool = False,
+           stop_tokens: Sequence[int] = (), use_cache: bool = True, generator: torch.Generator | None = None,
+           ) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (next tokens (B,), finished (B,)) per step; stops when every row has hit a stop token."""
+    if temperature <= 0:
+        greedy, temperature = True, 1.0  # temperature 0 is the limit of sharpening: argmax
+    seqs = idx  # already cropped to the context by the caller
+    cache = _new_cache(model, seqs.shape[0]) if use_cache else None
+    stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=seqs.device)
+    finished = torch.zeros(seqs.shape[0], dtype=torch.bool, device=seqs.device)
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(max_new_tokens):
+            logits = process_logits(_next_logits(model, seqs, cache), seqs, temperature, top_k, top_p, repetition_penalty)
+            if greedy:
+                nxt = logits.argmax(-1)
+            else:
+                nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+            if len(stops):
+                nxt = torch.where(finished, stops[0], nxt)  # rows already done keep emitting the stop token
+                finished = finished | torch.isin(nxt, stops)
+            seqs = torch.cat([seqs, nxt[:, None]], dim=1)
+            yield nxt, finished
+            if finished.all():
+                break
+    finally:
+        model.train(was_training)
+
+
+def generate(model: nn.Module, idx: Tensor | Sequence[int], max_new_tokens: int = 100, **kw) -> Tensor:
+    """(B, T) prompt -> (B, T + n) ids, n <= max_new_tokens (fewer when every row hit a stop token).
+
+    Options: temperature, top_k, top_p, repetition_penalty, greedy, stop_tokens, use_cache, generator.
+    Rows that stop early are padded with the first stop token.
+    """
+    idx = crop_prompt(_as_batch(idx, model), model.cfg.block_size)
+    new = [t[:, None] for t, _ in _steps(model, idx, max_new_tokens, **kw)]
+    return torch.cat([idx, *new], dim=1)
+
+
+def stream(model: nn.Module, idx: Tensor | Sequence[int], max_new_tokens: int = 100, **kw) -> Iterator[int]:
+    """Yield the generated token ids of one prompt one at a time (for printing as they come)."""
+    idx = crop_prompt(_as_batch(idx, model), model.cfg.block_size)
+    if idx.shape[0] != 1:
+        raise ValueError("stream() takes one prompt; use generate() for a batch")
+    for nxt, finished in _steps(model, idx, max_new_tokens, **kw):
+        yield int(nxt[0])
+        if finished[0]:
+            return
+
+
+@torch.no_grad()
+def beam_search(model: nn.Module, idx: Tensor | Sequence[int], num_beams: int = 4, max_new_tokens: int = 50,
+                length_penalty: float = 1.0, stop_tokens: Sequence[int] = (), use_cache: bool = True) -> Tensor:
+    """The most likely continuation found by keeping num_beams partial sequences; returns (1, T + n) ids.
+
+    A finished hypothesis (one that emitted a stop token) scores sum(log p) / n_generated**length_penalty;
+    with no stop token every beam has the same length and the highest total log-probability wins.
+    """
+    seqs = crop_prompt(_as_batch(idx, model), model.cfg.block_size)
+    if seqs.shape[0] != 1:
+        raise ValueError("beam_search() takes one prompt")
+    prompt_len, K = seqs.shape[1], num_beams
+    cache = _new_cache(model, 1) if use_cache else None
+    scores = torch.zeros(1, device=seqs.device)  # running sum of log-probabilities per beam
+    done: list[tuple[float, Tensor]] = []
+    stops = set(stop_tokens)
+    was_training = model.training
+    model.eval()
+    try:
+        for step in range(max_new_tokens):
+            logp = _next_logits(model, seqs, cache).log_softmax(-1) + scores[:, None]  # (beams, V)
+            V = logp.shape[1]
+            top, flat = logp.flatten().topk(min(2 * K, logp.numel()))  # 2K: up to K may stop at once
+            keep = []  # (parent beam, token, score) of the K best continuations that do not stop
+            for rank, (s, f) in enumerate(zip(top.tolist(), flat.tolist())):
+                parent, tok = divmod(f, V)
+                if tok not in stops:
+                    if len(keep) < K:
+                        keep.append((parent, tok, s))
+                elif rank < K:  # a stop among the K best ends a hypothesis (as in Hugging Face)
+                    done.append((s / (step + 1) ** length_penalty, torch.cat([seqs[parent], seqs.new_tensor([tok])])))
+            if not keep:
+                break
+            index = torch.tensor([k[0] for k in keep], device=seqs.device)
+            seqs = torch.cat([seqs[index], torch.tensor([k[1] for k in keep], device=seqs.device)[:, None]], dim=1)
+            scores = torch.tensor([k[2] for k in keep], device=seqs.device)
+            if cache is not None:
+                cache.reorder(index)  # each surviving beam continues from its parent's keys/values
+            # Done when K hypotheses finished and no running beam can still beat the worst of them.
+            best_running = scores.max().item() / (step + 1) ** length_penalty
+            if len(done) >= K and sorted((d[0] for d in done), reverse=True)[K - 1] >= best_running:
+                break
+    finally:
+        model.train(was_training)
+    n = seqs.shape[1] - prompt_len
+    done += [(s / max(n, 1) ** length_penalty, seq) for s, seq in zip(scores.tolist(), seqs)]
+    return max(done, key=lambda d: d[0])[1][None]

@@ -25,7 +25,7 @@ import torch
 import transformers
 
 from llmpath.gpt.finetune import lm_loss
-from llmpath.gpt.generate import generate
+from llmpath.generation import generate
 from llmpath.gpt.hf import from_hf
 
 # (name, n_layer, n_head, n_embd, block_size, batch): nanoGPT's CPU shape and a larger one

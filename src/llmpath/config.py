@@ -230,6 +230,17 @@ def check_config(cfg: Any) -> Any:
     return cfg
 
 
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2] (sorted, unique); anything else is a ConfigError saying what to type."""
+    try:
+        seeds = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        seeds = []
+    if not seeds or seeds[0] < 0:
+        raise ConfigError(f"--seeds expects non-negative integers separated by commas, e.g. 0,1,2; got '{text}'")
+    return seeds
+
+
 def check_heads(n_head: int, n_embd: int) -> None:
     """Multi-head attention splits the width evenly: each head gets n_embd / n_head dimensions."""
     if n_embd % n_head:

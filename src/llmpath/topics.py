@@ -112,5 +112,16 @@ TOPIC_LIST: list[Topic] = [
                    "常见词下采样、动态窗口、最小词频；目标函数交给共用的 fit。在 gensim 自带的维基百科样本上与 "
                    "gensim 的 C 实现同设置、3 个种子比较 WordSim-353、SimLex-999 与类比准确率；中文评论用 jieba 分词与按字"
                    "对照；最后用第 6 章的 BERT 对比同一个词的静态向量与上下文向量。")),
+    Topic("llama", "llmpath.llama", "stage 9: a Llama-style decoder (RMSNorm, RoPE, SwiGLU, GQA) and mixture of experts",
+          stage="9", stage_title="现代解码器：Llama 式结构（RMSNorm、RoPE、SwiGLU、GQA）与混合专家",
+          tutorial="docs/tutorials/09_modern_llm.md", notebook="notebooks/09_modern_llm.ipynb",
+          config="llmpath.llama.experiments:LlamaRun", model="llmpath.llama.model:Llama",
+          tokenizer="llmpath.gpt.data:tokenizer_from_state",
+          teaches=("从第 5 章 GPT-2 的块出发，一次只换一处：LayerNorm 换成 RMSNorm，学习的位置表换成旋转位置编码 RoPE，"
+                   "GELU 前馈换成 SwiGLU，多头注意力换成分组查询注意力 GQA（KV 缓存随之变小）；"
+                   "在同样的莎士比亚数据、参数量和步数下逐项比较验证损失。再把前馈换成稀疏的混合专家（MoE）："
+                   "路由器为每个词元选 2 个专家，负载均衡损失让专家都有活干。模型与 Hugging Face 的 "
+                   "LlamaForCausalLM、MixtralForCausalLM 复制权重后 logits、梯度与贪心生成一致；生成与 KV 缓存"
+                   "由所有解码器共用的模块完成。")),
 ]
 TOPICS: dict[str, Topic] = {t.name: t for t in TOPIC_LIST}

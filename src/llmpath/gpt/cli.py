@@ -15,38 +15,28 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
 from llmpath.common import count_params, get_device, log, markdown_table, read_json, set_threads, setup_logging, write_json
-from llmpath.config import Command, ConfigError, RunConfig, TrainConfig, build_config, opt, sub
-from llmpath.data import EpochBatches, RandomWindows, load_classification, split_indices, split_text
-from llmpath.gpt.data import (encode_known, encode_special, lm_text, make_tokenizer, tokenizer_from_hf_files,
-                              tokenizer_from_state)
-from llmpath.gpt.finetune import (GPTClassifier, classify_loss, collate, encode_texts, lm_loss, lm_val_loss,
-                                  predict)
+from llmpath.config import Command, ConfigError, TrainConfig, build_config, opt, sub
+from llmpath.data import EpochBatches, load_classification, split_indices
+from llmpath.gpt.data import encode_special, lm_text, tokenizer_from_hf_files, tokenizer_from_state
+from llmpath.gpt.finetune import GPTClassifier, classify_loss, collate, encode_texts, lm_val_loss, predict
 from llmpath.generation import beam_search, generate, stream
 from llmpath.gpt.hf import from_hf, local_folder, to_hf
 from llmpath.gpt.model import GPT, MODEL_PRESETS, GPTConfig
-from llmpath.plotting import save_fig, training_curves
-from llmpath.runs import comparable_config, load_run, open_folder, reuse, run_path, start_run, sub_config
+from llmpath.gpt.pretrain import CHAR_TOKENIZER, LMRun, pretrain
+from llmpath.runs import load_run, open_folder, reuse, run_path, start_run, sub_config
 from llmpath.tour import StageResult
-from llmpath.train import dist_info, fit, init_distributed, read_metrics
+from llmpath.train import fit
 
 TOPIC = "gpt"
-CHAR_TOKENIZER = "llmpath_tokenizer.json"  # not tokenizer.json: that name is Hugging Face's fast-tokenizer file
 
 
 @dataclass
-class GPTRun(RunConfig):
-    data: str = opt("shakespeare", "text corpus: a built-in name, a .txt path, or a pairs set (its English side)")
-    tokenizer: Literal["char", "bpe"] = opt("char", "char: one token per character; bpe: byte-level BPE")
-    bpe_vocab_size: int = opt(1024, "bpe: vocabulary size to train", min=257)
-    init_from: str = opt("", "start from a run folder (runs/gpt/small) or a GPT-2 folder/hub name; '' = scratch")
-    eval_tokens: int = opt(65_536, "score the first N val tokens at every evaluation", min=1)
-    sample_tokens: int = opt(300, "length of the sample written at the end of training", min=0)
+class GPTRun(LMRun):
     model: GPTConfig = sub(GPTConfig)
     train: TrainConfig = sub(TrainConfig)
 
@@ -95,65 +85,7 @@ def load_any(src: str, device: torch.device | str = "cpu", dropout: float = 0.0)
 
 def train(cfg: GPTRun) -> dict:
     """Pretrain (or continue training) a GPT on a text corpus with the shared fit loop."""
-    setup_logging()
-    if (done := reuse(cfg, TOPIC)) is not None:
-        return done
-    init_model = None
-    key = comparable_config(cfg)  # as asked: the vocabulary (or a loaded model's shape) is filled in below
-    text = lm_text(cfg.data)
-    if cfg.init_from:
-        init_model, tok = load_any(cfg.init_from, "cpu", dropout=cfg.model.dropout)
-        cfg = replace(cfg, model=replace(init_model.cfg))  # the architecture is the loaded one
-    else:
-        tok = make_tokenizer(cfg.tokenizer, text, cfg.bpe_vocab_size)
-        cfg = replace(cfg, model=replace(cfg.model, vocab_size=tok.vocab_size))
-    train_text, val_text, _ = split_text(text)
-    train_ids, val_ids = encode_known(tok, train_text), encode_known(tok, val_text)[: cfg.eval_tokens + 1]
-    batches = RandomWindows(train_ids, cfg.model.block_size, cfg.train.batch_size, seed=cfg.seed)  # checks the length
-    run = start_run(cfg, TOPIC, tokenizer=tok, key=key)
-    device = init_distributed(run.device)
-    rank, world = dist_info()
-    model = init_model.to(device) if init_model is not None else GPT(cfg.model)
-    if rank == 0:
-        log.info(f"GPT {count_params(model):,} parameters, vocab {tok.vocab_size}, {len(train_ids):,} train / "
-                 f"{len(val_ids):,} val tokens, {world} process(es) on {device} -> {run.path}")
-    block = cfg.model.block_size
-
-    def evaluate(m):
-        return {"val_loss": lm_val_loss(m, val_ids, block)}
-
-    before = {}
-    if cfg.init_from and rank == 0:  # finetuning: keep the starting point for the before/after table
-        model.eval()
-        before = {"val_loss": evaluate(model)["val_loss"], "sample": _sample(model, tok, cfg)}
-    res = fit(model, lm_loss, batches, cfg.train, run=run, device=device, unit="tokens", evaluate=evaluate)
-    if rank != 0:
-        return {}
-    curves = save_fig(training_curves(read_metrics(run.path / "metrics.jsonl"), f"GPT（{cfg.preset or '自定义'}）：{cfg.data}"),
-                      run.figures / "curves.png")
-    summary = {"data": cfg.data, "tokenizer": cfg.tokenizer, "init_from": cfg.init_from, "params": count_params(model),
-               "steps": res.step, "val_loss": res.best, "train_loss": res.train_loss, "seconds": round(res.seconds, 1),
-               "tokens_per_s": round(res.step * cfg.train.batch_size * cfg.train.grad_accum * block / max(res.seconds, 1e-9)),
-               "world_size": world, "vocab_size": tok.vocab_size, "sample": _sample(model, tok, cfg),
-               "figures": [curves]}
-    if before:
-        summary["before"] = before
-    summary = run.finish(summary)
-    (run.path / "sample.txt").write_text(summary["sample"], encoding="utf-8")
-    log.info(f"val loss {res.best:.4f} after {res.step} steps in {res.seconds:.0f} s\n--- sample ---\n{summary['sample']}")
-    return summary
-
-
-def _sample(model: GPT, tok, cfg: GPTRun) -> str:
-    """A fixed-seed sample from a newline prompt, or the first character of the text when it has no newline
-    (temperature 0.8, top-k 50)."""
-    try:
-        prompt = tok.encode("\n")
-    except ValueError:  # a character vocabulary without "\n"
-        prompt = [0]
-    g = torch.Generator(device=next(model.parameters()).device).manual_seed(cfg.seed)
-    ids = generate(model, prompt, cfg.sample_tokens, temperature=0.8, top_k=50, generator=g)
-    return tok.decode(ids[0, len(prompt):].tolist())
+    return pretrain(cfg, TOPIC, GPT, load_init=load_any, title="GPT")
 
 
 # ------------------------------------------------------------------------------ sample

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from llmpath.common import count_params, get_device, log, map_processes, markdown_table, setup_logging, write_json
-from llmpath.config import Command, ConfigError, build_config, opt
+from llmpath.config import Command, ConfigError, build_config, opt, parse_seeds
 from llmpath.plotting import confusion_matrix, save_fig
 from llmpath.runs import load_run, open_folder, run_path, variant
 from llmpath.tour import StageResult
@@ -162,16 +162,6 @@ ABLATIONS = [  # (group, label, overrides): each against the preset's ViT, on th
 ]
 
 
-def _seeds(text: str) -> list[int]:
-    try:
-        seeds = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        seeds = []
-    if not seeds or seeds[0] < 0:
-        raise ConfigError(f"--seeds expects non-negative integers separated by commas, e.g. 0,1,2; got '{text}'")
-    return seeds
-
-
 def ablation_configs(cfg: AblationRun) -> list[tuple[str, str, list[ImageRun]]]:
     """(group, label, one run per seed); a variant that several groups share (the default) is one set of runs."""
     base = variant(_plain(cfg), "ablation", arch="vit")
@@ -179,7 +169,7 @@ def ablation_configs(cfg: AblationRun) -> list[tuple[str, str, list[ImageRun]]]:
     for group, label, over in ABLATIONS:
         tag = "-".join(f"{k.split('.')[-1]}{v}" for k, v in over.items()) or "default"
         runs = seen.setdefault(tag, [variant(base, tag if s == 0 else f"{tag}-seed{s}", seed=s, **over)
-                                     for s in _seeds(cfg.seeds)])
+                                     for s in parse_seeds(cfg.seeds)])
         out.append((group, label, runs))
     return out
 

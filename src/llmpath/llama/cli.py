@@ -190,7 +190,10 @@ def sample(cfg: SampleRun) -> str:
 def kv_memory(cfg: LlamaRun) -> str:
     """KV-cache bytes per token and for a 4096-token context: MHA, GQA, MQA; our preset and Llama-2/3 shapes."""
     rows = kv_cache_table()
-    table = markdown_table(list(rows[0].keys()), [list(r.values()) for r in rows])
+    table = markdown_table(["模型", "层数", "查询头", "KV 头", "头维", "每词元（bf16）", "4096 词元（bf16）", "4096 词元（fp32）"],
+                           [[r["model"], r["n_layer"], r["n_head"], r["n_kv_head"], r["head_size"],
+                             f"{r['kib_per_token_bf16']:g} KiB", f"{r['mib_context_bf16']:g} MiB",
+                             f"{r['mib_context_fp32']:g} MiB"] for r in rows], "lrrrrrrr")
     print(table)
     return table
 

@@ -76,11 +76,10 @@ def variant_run(cfg: LlamaRun, name: str, seed: int | None = None) -> LlamaRun:
     """The run of one variant (a name of VARIANTS or "moe"), in runs/llama/<preset>-<name>[-seed<k>]."""
     table = {n: o for n, _, o in VARIANTS}
     overrides = {**table["llama"], **MOE[2]} if name == "moe" else table[name]
-    tag = name if seed is None else f"{name}-seed{seed}"
-    c = variant(cfg, tag)
+    seed = cfg.seed if seed is None else seed
+    c = variant(cfg, name if seed == cfg.seed else f"{name}-seed{seed}")  # the compare runs are the ablation's first seed
     c.model = model_for(cfg.model, overrides)
-    if seed is not None:
-        c.seed = seed
+    c.seed = seed
     if name == "moe":  # expert usage is read at every evaluation: more of them for the usage-over-training figure
         c.train = replace(c.train, eval_interval=min(c.train.eval_interval or 100, 100))
     return c

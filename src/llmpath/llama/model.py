@@ -14,7 +14,7 @@ can go from GPT-2's block to Llama's one change at a time:
     mlp:   GELU 4C    -> SwiGLU 8C/3    (a gated unit at the same parameter count)
     n_kv_head = n_head -> fewer         (query heads share key/value heads: a smaller KV cache)
 With norm=layer, pos=learned, mlp=gelu, bias=True and n_kv_head = n_head this is exactly GPT-2
-(tests/test_llama.py copies a GPT's weights in and gets the same logits). hf.py maps the names to
+(tests/test_llama_model.py copies a GPT's weights in and gets the same logits). hf.py maps the names to
 and from Hugging Face's LlamaForCausalLM and MixtralForCausalLM. Generation and the KV cache are the
 shared llmpath.generation.
 """

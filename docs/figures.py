@@ -58,6 +58,11 @@ FIGURES: dict[str, tuple[str, str]] = {
                       "llmpath word2vec train --corpus=chinese-words --name=small-zh && llmpath word2vec figures"),
     "08_static_vs_contextual.png": ("word2vec/small/figures/static_vs_contextual.png",
                                     "llmpath bert train && llmpath word2vec figures"),
+    "09_curves_llama.png": ("llama/small-llama/figures/curves.png", "llmpath llama compare --workers=2"),
+    "09_attention_rope_vs_learned.png": ("llama/small-compare/figures/attention_rope_vs_learned.png",
+                                         "llmpath llama compare --workers=2 && llmpath llama figures"),
+    "09_expert_usage.png": ("llama/small-compare/figures/expert_usage.png",
+                            "llmpath llama compare --workers=2 && llmpath llama figures"),
 }
 
 
@@ -90,6 +95,10 @@ DIAGRAMS: dict[str, str] = {
     # chapter 7
     "07_patches.png": "llmpath.vit.figures:patches_figure",
     "07_sincos_similarity.png": "llmpath.vit.figures:sincos_similarity_figure",
+
+    # chapter 9
+    "09_rope.png": "llmpath.llama.figures:rope_frequencies_figure",
+    "09_kv_cache.png": "llmpath.llama.figures:kv_cache_figure",
 }
 
 

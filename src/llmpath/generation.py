@@ -13,7 +13,7 @@ top-p), and a test compares ours with their LogitsProcessor classes.
 
 A decoder works with this module when it has `cfg.block_size`, `cfg.n_layer`, `cfg.n_head`,
 `cfg.n_embd` (and `cfg.n_kv_head` for grouped-query attention) and a forward
-`model(idx, cache=cache, last_only=True) -> (logits, loss)` whose attention calls `cached_attention`.
+`model(idx, cache=cache, last_only=True) -> (logits, loss)` whose attention calls `cached_kv`.
 GPT (stage 5) and the Llama-style decoder (stage 9) both do.
 """
 

@@ -54,8 +54,9 @@ def load_balancing_loss(router_logits: list[Tensor], top_k: int) -> Tensor:
 
     f_i: the share of (token, slot) assignments that went to expert i (summing to top_k over i);
     P_i: the mean router probability of expert i. Both are pooled over every layer's tokens, as in
-    Hugging Face's Mixtral. It is smallest (= top_k) when both are uniform; a router that favours
-    expert i raises f_i and P_i together, so the gradient through P pushes the other way.
+    Hugging Face's Mixtral. It equals top_k when routing is uniform and grows as the router favours a
+    few experts (it can dip below top_k when f and P disagree); f has no gradient, so the push acts
+    through P: the probabilities of the busy experts are lowered.
     """
     logits = torch.cat(router_logits, dim=0)  # (L*N, E)
     E = logits.shape[-1]

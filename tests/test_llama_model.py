@@ -314,6 +314,17 @@ def test_config_errors_are_helpful(kw, match):
 
 # ----------------------------------------------------------------------- training loss
 
+def test_pooling_over_layers_hides_what_each_layer_shows():
+    """Layer 1 sends everything to experts 0 and 1, layer 2 to 2 and 3: pooled, the counts look uniform."""
+    big = torch.tensor([4.0, 4.0, 0.0, 0.0]).repeat(10, 1)
+    layers = [big, big.flip(1)]
+    per_layer = load_balancing_loss(layers, 2, per_layer=True)
+    torch.testing.assert_close(per_layer, torch.stack([load_balancing_loss([r], 2) for r in layers]).mean())
+    assert float(load_balancing_loss(layers, 2)) == pytest.approx(2.0, abs=1e-6)  # pooled: at the uniform value
+    assert float(per_layer) > 3.5  # each layer on its own: far from it
+
+
+
 def test_moe_training_loss_adds_the_balancing_loss_and_eval_does_not():
     m = ours(8, n_expert=4, top_k=2, aux_loss_coef=0.5)
     x, y = ids(seed=8), ids(seed=9)
@@ -321,9 +332,13 @@ def test_moe_training_loss_adds_the_balancing_loss_and_eval_does_not():
     logits, loss = m(x, y)
     assert len(m.router_logits) == 2 and m.router_logits[0].shape == (40, 4)
     ce = F.cross_entropy(logits.flatten(0, 1), y.flatten())
-    aux = load_balancing_loss(m.router_logits, 2)
+    aux = load_balancing_loss(m.router_logits, 2, per_layer=True)  # the default: each layer balanced on its own
     torch.testing.assert_close(loss, ce + 0.5 * aux)
     assert aux.item() > 1.0  # really added (and not negligible at coef 0.5)
+    pooled = ours(8, n_expert=4, top_k=2, aux_loss_coef=0.5, aux_loss="pooled")
+    pooled.load_state_dict(m.state_dict())
+    logits, loss = pooled.train()(x, y)
+    torch.testing.assert_close(loss, ce + 0.5 * load_balancing_loss(pooled.router_logits, 2))
     m.eval()
     logits, loss = m(x, y)
     torch.testing.assert_close(loss, F.cross_entropy(logits.flatten(0, 1), y.flatten()))

@@ -22,7 +22,7 @@ from llmpath.common import get_device, log, map_processes, markdown_table, set_t
 from llmpath.config import Command, ConfigError, build_config, opt, parse_seeds
 from llmpath.generation import generate
 from llmpath.gpt.model import MODEL_PRESETS
-from llmpath.llama.experiments import (MOE, TOPIC, VARIANTS, LlamaRun, mean_spread, train_lm, usage_history,
+from llmpath.llama.experiments import (MOE, MOE_POOLED, TOPIC, VARIANTS, LlamaRun, mean_spread, train_lm, usage_history,
                                        variant_run)
 from llmpath.llama.figures import (attention_maps_figure, expert_usage_figure, head_attention, kv_cache_figure,
                                    kv_cache_table, rope_frequencies_figure)
@@ -59,6 +59,7 @@ def train(cfg: LlamaRun) -> dict:
 @dataclass
 class CompareRun(LlamaRun):
     workers: int = opt(1, "runs trained side by side, one process each (use with --threads=1)", min=1, result=False)
+    pooled: bool = opt(False, "also train the MoE with the balancing loss pooled over layers (Hugging Face's way)")
 
 
 def _check(configs: list[LlamaRun]) -> None:
@@ -77,7 +78,8 @@ def train_many(configs: list[LlamaRun], workers: int) -> list[dict]:
 
 def compare_configs(cfg: LlamaRun) -> dict[str, LlamaRun]:
     base = sub_config(cfg, LlamaRun)
-    return {name: variant_run(base, name) for name in ("moe", "gpt2", "llama")}  # the slowest first
+    names = ("moe", "moe-pooled", "gpt2", "llama") if getattr(cfg, "pooled", False) else ("moe", "gpt2", "llama")
+    return {name: variant_run(base, name) for name in names}  # the slowest first
 
 
 def compare(cfg: CompareRun) -> dict:
@@ -91,13 +93,13 @@ def compare(cfg: CompareRun) -> dict:
     return done
 
 
-LABELS = {name: label for name, label, _ in [*VARIANTS, MOE]}
+LABELS = {name: label for name, label, _ in [*VARIANTS, MOE, MOE_POOLED]}
 
 
 def compare_table(done: dict) -> str:
     """Parameters (total, active), steps, seconds, val loss and the largest expert share of each run."""
     rows = []
-    for name in ("gpt2", "llama", "moe"):
+    for name in [n for n in ("gpt2", "llama", "moe", "moe-pooled") if n in done]:
         r = done[name]
         usage = r.get("usage")
         share = f"{max(max(row) for row in usage):.1%}" if usage else "—"
@@ -217,6 +219,9 @@ def figures(cfg: LlamaRun) -> list[Path]:
             tokens = [tok.decode([i]) for i in ids[0].tolist()]
         paths.append(save_fig(attention_maps_figure(maps, tokens), out / "attention_rope_vs_learned.png"))
         paths.append(save_fig(expert_usage_figure(usage_history(runs["moe"])), out / "expert_usage.png"))
+        pooled = variant_run(sub_config(cfg, LlamaRun), "moe-pooled")
+        if (run_path(pooled, TOPIC) / "results.json").exists():  # trained by `llmpath llama compare --pooled`
+            paths.append(save_fig(expert_usage_figure(usage_history(pooled)), out / "expert_usage_pooled.png"))
     else:
         log.info("the compare runs are not finished: run `llmpath llama compare` for the attention and expert figures")
     for p in paths:

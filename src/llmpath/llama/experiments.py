@@ -44,6 +44,8 @@ VARIANTS: list[tuple[str, str, dict]] = [
     ("llama", "Llama 式（以上全部，无偏置）", dict(norm="rms", pos="rope", mlp="swiglu", bias=False, n_kv_head=-2)),
 ]
 MOE = ("moe", "Llama 式 + MoE（4 个专家，top-2）", {"n_expert": 4, "top_k": 2})
+# the same MoE with Hugging Face's balancing loss, whose counts are pooled over the layers
+MOE_POOLED = ("moe-pooled", "Llama 式 + MoE，均衡损失跨层汇总（Hugging Face 的做法）", {**MOE[2], "aux_loss": "pooled"})
 
 
 def _params(cfg: LlamaConfig) -> int:
@@ -75,12 +77,13 @@ def model_for(base: LlamaConfig, overrides: dict) -> LlamaConfig:
 def variant_run(cfg: LlamaRun, name: str, seed: int | None = None) -> LlamaRun:
     """The run of one variant (a name of VARIANTS or "moe"), in runs/llama/<preset>-<name>[-seed<k>]."""
     table = {n: o for n, _, o in VARIANTS}
-    overrides = {**table["llama"], **MOE[2]} if name == "moe" else table[name]
+    moe = {"moe": MOE[2], "moe-pooled": MOE_POOLED[2]}
+    overrides = {**table["llama"], **moe[name]} if name in moe else table[name]
     seed = cfg.seed if seed is None else seed
     c = variant(cfg, name if seed == cfg.seed else f"{name}-seed{seed}")  # the compare runs are the ablation's first seed
     c.model = model_for(cfg.model, overrides)
     c.seed = seed
-    if name == "moe":  # expert usage is read at every evaluation: more of them for the usage-over-training figure
+    if name in moe:  # expert usage is read at every evaluation: more of them for the usage-over-training figure
         c.train = replace(c.train, eval_interval=min(c.train.eval_interval or 100, 100))
     return c
 

@@ -60,6 +60,8 @@ class LlamaConfig:
     n_expert: int = opt(0, "experts per MoE feed-forward (0 = dense)", min=0)
     top_k: int = opt(2, "experts each token is routed to", min=1)
     aux_loss_coef: float = opt(0.01, "weight of the load-balancing loss added to the training loss", min=0)
+    aux_loss: Literal["layer", "pooled"] = opt("layer", "layer: balance each MoE layer on its own (Switch Transformer); "
+                                                         "pooled: counts pooled over layers (Hugging Face's Mixtral)")
 
     def check(self) -> None:
         check_heads(self.n_head, self.n_embd)
@@ -260,7 +262,8 @@ class Llama(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
             if self.training and self.router_logits and self.cfg.aux_loss_coef:
-                loss = loss + self.cfg.aux_loss_coef * load_balancing_loss(self.router_logits, self.cfg.top_k)
+                balance = load_balancing_loss(self.router_logits, self.cfg.top_k, per_layer=self.cfg.aux_loss == "layer")
+                loss = loss + self.cfg.aux_loss_coef * balance
         return logits, loss
 
     def num_params(self, active: bool = False) -> int:

@@ -49,15 +49,20 @@ class MoE(nn.Module):
         return out.view(B, T, C), logits
 
 
-def load_balancing_loss(router_logits: list[Tensor], top_k: int) -> Tensor:
-    """Switch Transformer's auxiliary loss over all MoE layers: E * sum_i f_i * P_i.
+def load_balancing_loss(router_logits: list[Tensor], top_k: int, per_layer: bool = False) -> Tensor:
+    """Switch Transformer's auxiliary loss: E * sum_i f_i * P_i.
 
     f_i: the share of (token, slot) assignments that went to expert i (summing to top_k over i);
-    P_i: the mean router probability of expert i. Both are pooled over every layer's tokens, as in
-    Hugging Face's Mixtral. It equals top_k when routing is uniform and grows as the router favours a
-    few experts (it can dip below top_k when f and P disagree); f has no gradient, so the push acts
-    through P: the probabilities of the busy experts are lowered.
+    P_i: the mean router probability of expert i. It equals top_k when routing is uniform and grows as
+    the router favours a few experts (it can dip below top_k when f and P disagree); f has no gradient,
+    so the push acts through P: the probabilities of the busy experts are lowered.
+
+    per_layer=False pools f and P over every layer's tokens, as Hugging Face's Mixtral does. But expert
+    i of one layer and expert i of another are unrelated: one layer's busy expert can hide behind
+    another layer's idle one. per_layer=True is the mean of each layer's own loss (Switch's form).
     """
+    if per_layer:
+        return torch.stack([load_balancing_loss([r], top_k) for r in router_logits]).mean()
     logits = torch.cat(router_logits, dim=0)  # (L*N, E)
     E = logits.shape[-1]
     probs = logits.float().softmax(-1)

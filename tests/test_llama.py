@@ -11,7 +11,9 @@ import torch
 from llmpath.cli import main
 from llmpath.config import build_config
 from llmpath.llama import cli
-from llmpath.llama.experiments import GPT2_BLOCK, VARIANTS, LlamaRun, matched_ff, model_for, variant_run
+from llmpath.gpt.model import GPT
+from llmpath.llama.experiments import (GPT2_BLOCK, VARIANTS, LlamaRun, llama_from_gpt, matched_ff, model_for,
+                                        variant_run)
 from llmpath.llama.model import Llama, LlamaConfig
 from llmpath.runs import load_run
 
@@ -83,15 +85,21 @@ def runs(tmp_path_factory):
 
 def test_compare_trains_three_runs_that_load_run_rebuilds(runs):
     res = json.loads((runs / "llama" / "tiny-compare" / "results.json").read_text())
-    assert set(res) == {"gpt2", "llama", "moe"}
-    for name in res:
-        model, tok, cfg = load_run(runs / "llama" / f"tiny-{name}")
-        assert isinstance(model, Llama) and res[name]["steps"] == 30 and res[name]["val_loss"] < 4.29  # ln 73
-        assert model.num_params(active=True) == res[name]["active_params"]
-    model, _, cfg = load_run(runs / "llama" / "tiny-moe")
-    assert cfg.model.n_expert == 4 and len(res["moe"]["usage"]) == cfg.model.n_layer
+    assert set(res) == {"gpt", "llama", "moe"}
+    folders = {"gpt": runs / "gpt" / "tiny", "llama": runs / "llama" / "tiny-llama", "moe": runs / "llama" / "tiny-moe"}
+    for name, folder in folders.items():
+        model, tok, cfg = load_run(folder)
+        assert res[name]["steps"] == 30 and res[name]["val_loss"] < 4.29  # ln 73: better than uniform
+        assert sum(p.numel() for p in model.parameters()) == res[name]["total_params"]
+    assert isinstance(load_run(folders["gpt"])[0], GPT)  # stage 5's own run, in stage 5's folder
+    model, _, cfg = load_run(folders["moe"])
+    assert isinstance(model, Llama) and cfg.model.n_expert == 4 and len(res["moe"]["usage"]) == cfg.model.n_layer
+    assert model.num_params(active=True) == res["moe"]["active_params"] < res["moe"]["total_params"]
     assert all(abs(sum(row) - 1) < 1e-6 for row in res["moe"]["usage"])
-    assert res["gpt2"]["usage"] is None and "最忙专家的份额" in cli.compare_table(res)
+    assert res["gpt"]["usage"] is None and "最忙专家的份额" in cli.compare_table(res)
+    gpt, _, _ = load_run(folders["gpt"])  # the figures read it as our Llama in GPT-2 mode: the same function
+    x = torch.randint(0, gpt.cfg.vocab_size, (2, 12))
+    torch.testing.assert_close(llama_from_gpt(gpt)(x)[0], gpt(x)[0], atol=1e-5, rtol=1e-5)
 
 
 def test_a_finished_run_is_reused(runs):

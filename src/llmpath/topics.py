@@ -75,7 +75,7 @@ TOPIC_LIST: list[Topic] = [
     Topic("gpt", "llmpath.gpt", "stage 5: GPT pretraining, sampling, KV cache, Hugging Face interop, DDP, finetuning",
           stage="5", stage_title="GPT：预训练、采样、KV 缓存、与 Hugging Face 互通、微调",
           tutorial="docs/tutorials/05_gpt.md", notebook="notebooks/05_gpt.ipynb",
-          config="llmpath.gpt.cli:GPTRun", model="llmpath.gpt.model:GPT",
+          config="llmpath.gpt.pretrain:GPTRun", model="llmpath.gpt.model:GPT",
           tokenizer="llmpath.gpt.data:tokenizer_from_state",
           teaches=("只有解码器的 GPT-2 结构（Pre-LN、因果自注意力、GELU、权重共享），在莎士比亚全集上做字符级预训练；"
                    "逐 token 采样（温度、top-k、top-p、重复惩罚）与束搜索；KV 缓存让每个新 token 只算一行注意力，"

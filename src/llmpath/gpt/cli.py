@@ -26,40 +26,13 @@ from llmpath.gpt.data import encode_special, lm_text, tokenizer_from_hf_files, t
 from llmpath.gpt.finetune import GPTClassifier, classify_loss, collate, encode_texts, lm_val_loss, predict
 from llmpath.generation import beam_search, generate, stream
 from llmpath.gpt.hf import from_hf, local_folder, to_hf
-from llmpath.gpt.model import GPT, MODEL_PRESETS, GPTConfig
-from llmpath.gpt.pretrain import CHAR_TOKENIZER, LMRun, pretrain
+from llmpath.gpt.model import GPT, GPTConfig
+from llmpath.gpt.pretrain import CHAR_TOKENIZER, PRESETS, GPTRun, pretrain  # noqa: F401  (PRESETS: the topic's)
 from llmpath.runs import load_run, open_folder, reuse, run_path, start_run, sub_config
 from llmpath.tour import StageResult
 from llmpath.train import fit
 
 TOPIC = "gpt"
-
-
-@dataclass
-class GPTRun(LMRun):
-    model: GPTConfig = sub(GPTConfig)
-    train: TrainConfig = sub(TrainConfig)
-
-
-def _model(name: str) -> dict:
-    return {f"model.{k}": v for k, v in MODEL_PRESETS[name].items() if k != "vocab_size"}
-
-
-# `small` is nanoGPT's CPU shape (4 layers, 4 heads, 128 wide, context 64) with a faster recipe than
-# nanoGPT's (batch 12, lr 1e-3, 2000 steps): a 5x larger peak lr with beta2 0.95, a short warmup and
-# batch 16 reach a lower val loss with about 2/3 of the tokens (docs/tutorials/05_gpt.md, appendix A).
-# One thread, as in the other topics; the tutorial's numbers were measured with one.
-PRESETS: dict[str, dict] = {
-    "tiny": {**_model("tiny"), "threads": 1, "data": "shakespeare-tiny", "eval_tokens": 2048, "sample_tokens": 50,
-             "train.max_steps": 30, "train.batch_size": 8, "train.lr": 3e-3, "train.warmup_steps": 5,
-             "train.eval_interval": 0, "train.progress": False},
-    "small": {**_model("small"), "threads": 1, "train.max_steps": 1000, "train.batch_size": 16, "train.lr": 5e-3,
-              "train.warmup_steps": 30, "train.min_lr_ratio": 0.1, "train.beta2": 0.95, "train.weight_decay": 0.1,
-              "train.eval_interval": 250},
-    "gpt2": {**_model("gpt2"), "tokenizer": "bpe", "bpe_vocab_size": 50257, "train.batch_size": 16,
-             "train.grad_accum": 32, "train.lr": 6e-4, "train.max_steps": 5000, "train.warmup_steps": 200,
-             "train.weight_decay": 0.1, "train.beta2": 0.95, "train.eval_interval": 250, "eval_tokens": 1_000_000},
-}
 
 
 # ----------------------------------------------------------------------------- loading

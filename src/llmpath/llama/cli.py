@@ -21,9 +21,10 @@ import torch
 from llmpath.common import get_device, log, map_processes, markdown_table, set_threads, setup_logging, write_json
 from llmpath.config import Command, ConfigError, build_config, opt, parse_seeds
 from llmpath.generation import generate
-from llmpath.gpt.model import MODEL_PRESETS
-from llmpath.llama.experiments import (MOE, MOE_POOLED, TOPIC, VARIANTS, LlamaRun, mean_spread, train_lm, usage_history,
-                                       variant_run)
+from llmpath.gpt.pretrain import PRESETS as GPT_PRESETS
+from llmpath.gpt.pretrain import GPTRun
+from llmpath.llama.experiments import (MOE, MOE_POOLED, TOPIC, VARIANTS, LlamaRun, gpt_run, llama_from_gpt, mean_spread,
+                                       train_any, usage_history, variant_run)
 from llmpath.llama.figures import (attention_maps_figure, expert_usage_figure, head_attention, kv_cache_figure,
                                    kv_cache_table, rope_frequencies_figure)
 from llmpath.llama.model import Llama, LlamaConfig
@@ -32,19 +33,10 @@ from llmpath.runs import load_run, open_folder, run_path, sub_config
 from llmpath.tour import StageResult
 
 
-def _shape(name: str) -> dict:
-    return {f"model.{k}": v for k, v in MODEL_PRESETS[name].items() if k != "vocab_size"}
-
-
-# Stage 5's shapes and recipes (GPT's `tiny` and `small`), so that every difference is the architecture.
-PRESETS: dict[str, dict] = {
-    "tiny": {**_shape("tiny"), "model.n_kv_head": 1, "threads": 1, "data": "shakespeare-tiny", "eval_tokens": 2048, "sample_tokens": 50,
-             "train.max_steps": 30, "train.batch_size": 8, "train.lr": 3e-3, "train.warmup_steps": 5,
-             "train.eval_interval": 0, "train.progress": False},
-    "small": {**_shape("small"), "model.n_kv_head": 2, "threads": 1, "train.max_steps": 1000, "train.batch_size": 16, "train.lr": 5e-3,
-              "train.warmup_steps": 30, "train.min_lr_ratio": 0.1, "train.beta2": 0.95, "train.weight_decay": 0.1,
-              "train.eval_interval": 250},
-}
+# Stage 5's shapes and recipes (GPT's `tiny` and `small`), so that every difference is the architecture; the
+# Llama-style model shares its key/value heads in pairs (one pair in `tiny`, which has two heads).
+PRESETS: dict[str, dict] = {"tiny": {**GPT_PRESETS["tiny"], "model.n_kv_head": 1},
+                            "small": {**GPT_PRESETS["small"], "model.n_kv_head": 2}}
 
 
 # ------------------------------------------------------------------------------ train
@@ -62,24 +54,29 @@ class CompareRun(LlamaRun):
     pooled: bool = opt(False, "also train the MoE with the balancing loss pooled over layers (Hugging Face's way)")
 
 
-def _check(configs: list[LlamaRun]) -> None:
+def _check(configs: list) -> None:
     """Refuse a bad model option in the parent, before any process starts."""
-    for c in configs:
+    for c in [c for c in configs if isinstance(c, LlamaRun)]:
         try:
             Llama(replace(c.model, vocab_size=c.model.vocab_size or 2))
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
 
-def train_many(configs: list[LlamaRun], workers: int) -> list[dict]:
+def train_many(configs: list, workers: int) -> list[dict]:
     _check(configs)
-    return map_processes(train_lm, configs, workers)
+    return map_processes(train_any, configs, workers)
 
 
-def compare_configs(cfg: LlamaRun) -> dict[str, LlamaRun]:
+def compare_configs(cfg: LlamaRun) -> dict[str, LlamaRun | GPTRun]:
+    """"gpt": stage 5's own run (runs/gpt/<preset>); "llama", "moe" (and "moe-pooled"): runs/llama/<preset>-<name>."""
     base = sub_config(cfg, LlamaRun)
-    names = ("moe", "moe-pooled", "gpt2", "llama") if getattr(cfg, "pooled", False) else ("moe", "gpt2", "llama")
-    return {name: variant_run(base, name) for name in names}  # the slowest first
+    names = ("moe", "moe-pooled", "llama") if getattr(cfg, "pooled", False) else ("moe", "llama")
+    return {**{name: variant_run(base, name) for name in names}, "gpt": gpt_run(base)}  # the slowest first
+
+
+def _path(c: LlamaRun | GPTRun) -> Path:
+    return run_path(c, "gpt" if isinstance(c, GPTRun) else TOPIC)
 
 
 def compare(cfg: CompareRun) -> dict:
@@ -94,12 +91,13 @@ def compare(cfg: CompareRun) -> dict:
 
 
 LABELS = {name: label for name, label, _ in [*VARIANTS, MOE, MOE_POOLED]}
+LABELS["gpt"] = "GPT（第 5 章：LayerNorm、学习的位置、GELU、MHA、有偏置）"
 
 
 def compare_table(done: dict) -> str:
     """Parameters (total, active), steps, seconds, val loss and the largest expert share of each run."""
     rows = []
-    for name in [n for n in ("gpt2", "llama", "moe", "moe-pooled") if n in done]:
+    for name in [n for n in ("gpt", "llama", "moe", "moe-pooled") if n in done]:
         r = done[name]
         usage = r.get("usage")
         share = f"{max(max(row) for row in usage):.1%}" if usage else "—"
@@ -208,17 +206,18 @@ def figures(cfg: LlamaRun) -> list[Path]:
     setup_logging()
     out = open_folder(replace(cfg, name=f"{cfg.name or cfg.preset or 'small'}-compare"), TOPIC) / "figures"
     paths = [save_fig(rope_frequencies_figure(), out / "rope.png"), save_fig(kv_cache_figure(), out / "kv_cache.png")]
-    runs = compare_configs(cfg)
-    if all((run_path(c, TOPIC) / "results.json").exists() for c in runs.values()):
+    runs = {name: _path(c) for name, c in compare_configs(cfg).items()}
+    if all((p / "results.json").exists() for p in runs.values()):
         maps, tokens = {}, None
-        for name, label in (("llama", "RoPE（Llama 式）"), ("gpt2", "学习的位置编码（GPT-2 的块）")):
-            model, tok, _ = load_run(run_path(runs[name], TOPIC), topic=TOPIC)
-            text = "ROMEO:\nBut soft, what light"
-            ids = torch.tensor([tok.encode(text)])
+        for name, label in (("llama", "RoPE（Llama 式）"), ("gpt", "学习的位置编码（第 5 章的 GPT）")):
+            model, tok, _ = load_run(runs[name])
+            if not isinstance(model, Llama):  # the GPT, as our Llama in GPT-2 mode: the same function
+                model = llama_from_gpt(model)
+            ids = torch.tensor([tok.encode("ROMEO:\nBut soft, what light")])
             maps[label] = head_attention(model, ids, layer=0, head=0)
             tokens = [tok.decode([i]) for i in ids[0].tolist()]
         paths.append(save_fig(attention_maps_figure(maps, tokens), out / "attention_rope_vs_learned.png"))
-        paths.append(save_fig(expert_usage_figure(usage_history(runs["moe"])), out / "expert_usage.png"))
+        paths.append(save_fig(expert_usage_figure(usage_history(compare_configs(cfg)["moe"])), out / "expert_usage.png"))
         pooled = variant_run(sub_config(cfg, LlamaRun), "moe-pooled")
         if (run_path(pooled, TOPIC) / "results.json").exists():  # trained by `llmpath llama compare --pooled`
             paths.append(save_fig(expert_usage_figure(usage_history(pooled)), out / "expert_usage_pooled.png"))
@@ -256,7 +255,7 @@ def export(cfg: ExportRun) -> int:
 
 # --------------------------------------------------------------------------------- tour
 
-BARS = {"tiny": (0.5, 0.5, 0.75), "small": (0.02, 0.02, 0.40)}  # llama - gpt2, moe - llama, largest expert share
+BARS = {"tiny": (0.5, 0.5, 0.75), "small": (0.02, 0.02, 0.40)}  # llama - gpt, moe - llama, largest expert share
 
 
 def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> StageResult:
@@ -266,13 +265,13 @@ def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> Stage
     done = compare(cfg)
     shown = figures(build_config(LlamaRun, [f"--preset={preset}", f"--out={out}"], PRESETS))
     d_llama, d_moe, top_share = BARS.get(preset, BARS["small"])
-    gap = done["llama"]["val_loss"] - done["gpt2"]["val_loss"]
+    gap = done["llama"]["val_loss"] - done["gpt"]["val_loss"]
     moe_gap = done["moe"]["val_loss"] - done["llama"]["val_loss"]
     share = max(max(row) for row in done["moe"]["usage"])
     passed = gap <= d_llama and moe_gap <= d_moe and share <= top_share
-    bar = (f"Llama-style <= GPT-2 block + {d_llama}, MoE <= dense + {d_moe}, "
+    bar = (f"Llama-style <= stage 5's GPT + {d_llama}, MoE <= dense + {d_moe}, "
            f"no expert above {top_share:.0%} (val loss, nats/char)")
-    table = (compare_table(done) + f"\n\nLlama 式 − GPT-2 的块：{gap:+.4f}；MoE − 稠密 Llama 式：{moe_gap:+.4f}；"
+    table = (compare_table(done) + f"\n\nLlama 式 − 第 5 章的 GPT：{gap:+.4f}；MoE − 稠密 Llama 式：{moe_gap:+.4f}；"
              f"最忙专家的份额 {share:.1%}\n\n示例（Llama 式，温度 0.8，top-k 50）：\n\n```text\n"
              f"{done['llama']['sample'][:300]}\n```")
     return StageResult("val loss, Llama-style (nats/char)", done["llama"]["val_loss"], bar, passed, table,

@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from llmpath.config import TrainConfig, sub
-from llmpath.gpt.pretrain import LMRun, pretrain
+from llmpath.gpt.model import GPT, GPTConfig
+from llmpath.gpt.pretrain import GPTRun, LMRun, pretrain
 from llmpath.llama.model import Llama, LlamaConfig
 from llmpath.llama.moe import expert_usage
 from llmpath.runs import load_run, run_path, variant
@@ -86,6 +87,43 @@ def variant_run(cfg: LlamaRun, name: str, seed: int | None = None) -> LlamaRun:
     if name in moe:  # expert usage is read at every evaluation: more of them for the usage-over-training figure
         c.train = replace(c.train, eval_interval=min(c.train.eval_interval or 100, 100))
     return c
+
+
+def gpt_run(cfg: LlamaRun) -> GPTRun:
+    """Stage 5's GPT with cfg's shape, data, recipe and seed: runs/gpt/<name> is that chapter's own run
+    (the same folder and config as `llmpath gpt train --preset=small`, so a finished one is reused)."""
+    m = cfg.model
+    fields = {f: getattr(cfg, f) for f in GPTRun.__dataclass_fields__ if f not in ("model", "train")}
+    model = GPTConfig(block_size=m.block_size, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd,
+                      dropout=m.dropout, sdpa=m.sdpa)
+    return GPTRun(**fields, model=model, train=replace(cfg.train))
+
+
+def llama_from_gpt(gpt: GPT) -> Llama:
+    """Our Llama in GPT-2 mode holding a GPT's weights: the same function (tests/test_llama_model.py)."""
+    c = gpt.cfg
+    cfg = LlamaConfig(vocab_size=c.vocab_size, block_size=c.block_size, n_layer=c.n_layer, n_head=c.n_head,
+                      n_embd=c.n_embd, dropout=c.dropout, sdpa=c.sdpa, norm_eps=c.layer_norm_eps, **GPT2_BLOCK)
+    model = Llama(cfg)
+    sd = {"embed.weight": gpt.wte.weight, "wpe.weight": gpt.wpe.weight, "lm_head.weight": gpt.wte.weight,
+          "norm.weight": gpt.ln_f.weight, "norm.bias": gpt.ln_f.bias}
+    for i, b in enumerate(gpt.h):
+        p = f"layers.{i}."
+        for ours, theirs in (("attn_norm", b.ln_1), ("ffn_norm", b.ln_2), ("attn.wo", b.attn.c_proj),
+                             ("ffn.c_fc", b.mlp.c_fc), ("ffn.c_proj", b.mlp.c_proj)):
+            sd[p + ours + ".weight"], sd[p + ours + ".bias"] = theirs.weight, theirs.bias
+        for name, w, bias in zip(("wq", "wk", "wv"), b.attn.c_attn.weight.chunk(3), b.attn.c_attn.bias.chunk(3)):
+            sd[p + f"attn.{name}.weight"], sd[p + f"attn.{name}.bias"] = w, bias
+    model.load_state_dict(sd)
+    return model.train(gpt.training)
+
+
+def train_any(cfg: LlamaRun | GPTRun) -> dict:
+    """Train (or reuse) a run of either decoder; the summary carries total and active parameter counts."""
+    if isinstance(cfg, GPTRun):
+        summary = pretrain(cfg, "gpt", GPT, title="GPT")
+        return {**summary, "total_params": summary["params"], "active_params": summary["params"], "usage": None}
+    return train_lm(cfg)
 
 
 def moe_usage(model: Llama, probe: torch.Tensor) -> dict:

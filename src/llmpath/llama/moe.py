@@ -44,7 +44,7 @@ class MoE(nn.Module):
         for e, expert in enumerate(self.experts):
             token, slot = torch.where(chosen == e)  # the tokens that picked expert e, and in which of their k slots
             if len(token):
-                y = expert(flat[token]) * weights[token, slot, None].to(flat.dtype)
+                y = (expert(flat[token]) * weights[token, slot, None]).to(flat.dtype)  # weights in fp32, as Mixtral
                 out.index_add_(0, token, y)
         return out.view(B, T, C), logits
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import transformers
@@ -133,12 +132,7 @@ def generation(shape: tuple, vocab: int, moe: bool, rounds: int) -> None:
     identical = torch.equal(outs["ours"], outs["HF"])
     assert identical, "generations differ"
     distinct = len(set(outs["HF"][0, PROMPT:].tolist()))
-    times = {k: [] for k in runs}
-    for _ in range(rounds):
-        for k, fn in runs.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
+    times = interleaved_times(runs, rounds, 1)
     tps = {k: NEW / statistics.median(t) for k, t in times.items()}
     print(f"| {shape[0]} {'MoE' if moe else 'dense'} ({ours.num_params() / 1e6:.1f}M) | {tps['ours']:,.0f} tok/s | "
           f"{tps['HF']:,.0f} tok/s | {tps['ours'] / tps['HF']:.2f}x | {'yes' if identical else 'NO'} "

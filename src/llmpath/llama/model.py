@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from llmpath.config import ConfigError, check_heads, opt
 from llmpath.generation import KVCache, cached_kv
 from llmpath.gpt.model import MLP as GeluMLP
-from llmpath.gpt.model import GPTConfig
+from llmpath.gpt.model import GPT, GPTConfig
 from llmpath.llama.moe import MoE, load_balancing_loss
 from llmpath.transformer.attention import scaled_dot_product_attention
 
@@ -215,19 +215,11 @@ class Llama(nn.Module):
         self.register_buffer("cos", cos, persistent=False)  # computed, never learned: not in the checkpoint
         self.register_buffer("sin", sin, persistent=False)
         self.router_logits: list[Tensor] = []  # the last forward's, one (B*T, n_expert) per MoE block
-        self.apply(self._init_weights)
+        self.apply(GPT._init_weights)  # GPT-2's init for every variant: the ablation changes only the architecture
         for name, p in self.named_parameters():
-            # GPT-2's scaled init, kept for every variant so that the ablation changes only the architecture:
-            # the layers that write into the residual stream start 1/sqrt(2 n_layer) smaller.
+            # and its scaled init: the layers that write into the residual stream start 1/sqrt(2 n_layer) smaller
             if name.endswith(("wo.weight", "w2.weight", "c_proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, mean=0.0, std=0.02)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
 
     def hidden(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
         """Final-norm states (B, T, n_embd); the MoE router logits are left in self.router_logits."""

@@ -61,6 +61,8 @@ FIGURES: dict[str, tuple[str, str]] = {
     "09_curves_llama.png": ("llama/small-llama/figures/curves.png", "llmpath llama compare --workers=2"),
     "09_attention_rope_vs_learned.png": ("llama/small-compare/figures/attention_rope_vs_learned.png",
                                          "llmpath llama compare --workers=2 && llmpath llama figures"),
+    "09_expert_usage_pooled.png": ("llama/small-compare/figures/expert_usage_pooled.png",
+                                   "llmpath llama compare --pooled --workers=2 && llmpath llama figures"),
     "09_expert_usage.png": ("llama/small-compare/figures/expert_usage.png",
                             "llmpath llama compare --workers=2 && llmpath llama figures"),
 }

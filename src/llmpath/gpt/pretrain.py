@@ -103,7 +103,8 @@ def pretrain(cfg: LMRun, topic: str, build: Callable[..., nn.Module], load_init:
         log.info(f"{title} {count_params(model):,} parameters, vocab {tok.vocab_size}, {len(train_ids):,} train / "
                  f"{len(val_ids):,} val tokens, {world} process(es) on {device} -> {run.path}")
     block = cfg.model.block_size
-    probe = torch.as_tensor(val_ids[:block * 16], dtype=torch.long).view(-1, block)  # 16 fixed val windows
+    n_probe = min(16, (len(val_ids) - 1) // block)  # up to 16 fixed val windows for evaluate_extra
+    probe = torch.as_tensor(val_ids[:block * n_probe], dtype=torch.long).view(n_probe, block)
 
     def evaluate(m):
         out = {"val_loss": lm_val_loss(m, val_ids, block)}

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from llmpath.common import count_params, log, setup_logging
-from llmpath.config import RunConfig, TrainConfig, opt, sub
+from llmpath.config import ConfigError, RunConfig, TrainConfig, opt, sub
 from llmpath.data import RandomWindows, split_text
 from llmpath.generation import generate
 from llmpath.gpt.data import encode_known, lm_text, make_tokenizer
@@ -71,10 +71,12 @@ PRESETS: dict[str, dict] = {
 
 
 def pretrain(cfg: LMRun, topic: str, build: Callable[..., nn.Module], load_init: Callable | None = None,
-             title: str = "GPT", evaluate_extra: Callable[[nn.Module, object], dict] | None = None) -> dict:
+             title: str = "GPT", evaluate_extra: Callable[[nn.Module, object], dict] | None = None,
+             summarize: Callable[[nn.Module], dict] | None = None) -> dict:
     """Train build(cfg.model) (or continue load_init(cfg.init_from)) on cfg.data; the run's summary.
 
-    evaluate_extra(model, val_batch) adds numbers to every evaluation (an MoE's expert usage).
+    evaluate_extra(model, val_batch) adds numbers to every evaluation (an MoE's expert usage);
+    summarize(model) adds entries to the summary that results.json keeps (an MoE's active parameters).
     """
     setup_logging()
     if (done := reuse(cfg, topic)) is not None:
@@ -84,8 +86,6 @@ def pretrain(cfg: LMRun, topic: str, build: Callable[..., nn.Module], load_init:
     text = lm_text(cfg.data)
     if cfg.init_from:
         if load_init is None:
-            from llmpath.config import ConfigError
-
             raise ConfigError(f"--init_from is not supported for {topic}; train from scratch (--init_from='')")
         init_model, tok = load_init(cfg.init_from, "cpu", dropout=cfg.model.dropout)
         cfg = replace(cfg, model=replace(init_model.cfg))  # the architecture is the loaded one
@@ -128,6 +128,8 @@ def pretrain(cfg: LMRun, topic: str, build: Callable[..., nn.Module], load_init:
                "figures": [curves]}
     if before:
         summary["before"] = before
+    if summarize is not None:
+        summary.update(summarize(model))
     summary = run.finish(summary)
     (run.path / "sample.txt").write_text(summary["sample"], encoding="utf-8")
     log.info(f"val loss {res.best:.4f} after {res.step} steps in {res.seconds:.0f} s\n--- sample ---\n{summary['sample']}")

@@ -56,11 +56,9 @@ class CompareRun(LlamaRun):
 
 def _check(configs: list) -> None:
     """Refuse a bad model option in the parent, before any process starts."""
-    for c in [c for c in configs if isinstance(c, LlamaRun)]:
-        try:
-            Llama(replace(c.model, vocab_size=c.model.vocab_size or 2))
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+    for c in configs:
+        if isinstance(c, LlamaRun):
+            c.model.check()  # a variant's switches come after build_config's own checks
 
 
 def train_many(configs: list, workers: int) -> list[dict]:
@@ -206,7 +204,8 @@ def figures(cfg: LlamaRun) -> list[Path]:
     setup_logging()
     out = open_folder(replace(cfg, name=f"{cfg.name or cfg.preset or 'small'}-compare"), TOPIC) / "figures"
     paths = [save_fig(rope_frequencies_figure(), out / "rope.png"), save_fig(kv_cache_figure(), out / "kv_cache.png")]
-    runs = {name: _path(c) for name, c in compare_configs(cfg).items()}
+    configs = compare_configs(cfg)
+    runs = {name: _path(c) for name, c in configs.items()}
     if all((p / "results.json").exists() for p in runs.values()):
         maps, tokens = {}, None
         for name, label in (("llama", "RoPE（Llama 式）"), ("gpt", "学习的位置编码（第 5 章的 GPT）")):
@@ -217,7 +216,7 @@ def figures(cfg: LlamaRun) -> list[Path]:
             maps[label] = head_attention(model, ids, layer=0, head=0)
             tokens = [tok.decode([i]) for i in ids[0].tolist()]
         paths.append(save_fig(attention_maps_figure(maps, tokens), out / "attention_rope_vs_learned.png"))
-        paths.append(save_fig(expert_usage_figure(usage_history(compare_configs(cfg)["moe"])), out / "expert_usage.png"))
+        paths.append(save_fig(expert_usage_figure(usage_history(configs["moe"])), out / "expert_usage.png"))
         pooled = variant_run(sub_config(cfg, LlamaRun), "moe-pooled")
         if (run_path(pooled, TOPIC) / "results.json").exists():  # trained by `llmpath llama compare --pooled`
             paths.append(save_fig(expert_usage_figure(usage_history(pooled)), out / "expert_usage_pooled.png"))

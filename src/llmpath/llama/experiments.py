@@ -21,7 +21,7 @@ from llmpath.gpt.model import GPT, GPTConfig
 from llmpath.gpt.pretrain import GPTRun, LMRun, pretrain
 from llmpath.llama.model import Llama, LlamaConfig
 from llmpath.llama.moe import expert_usage
-from llmpath.runs import load_run, run_path, variant
+from llmpath.runs import run_path, variant
 from llmpath.train import read_metrics
 
 TOPIC = "llama"
@@ -139,13 +139,11 @@ def moe_usage(model: Llama, probe: torch.Tensor) -> dict:
 
 def train_lm(cfg: LlamaRun) -> dict:
     """Train one variant (or reuse it when finished) and return its summary with the parameter counts."""
-    summary = pretrain(cfg, TOPIC, Llama, title="Llama", evaluate_extra=moe_usage)
-    if summary and "active_params" not in summary:
-        model, _, _ = load_run(run_path(cfg, TOPIC))
-        summary["active_params"] = model.num_params(active=True)
-        summary["total_params"] = model.num_params()
-        summary["usage"] = final_usage(cfg)
-    return summary
+    def counts(model: Llama) -> dict:
+        return {"active_params": model.num_params(active=True), "total_params": model.num_params(),
+                "usage": final_usage(cfg)}
+
+    return pretrain(cfg, TOPIC, Llama, title="Llama", evaluate_extra=moe_usage, summarize=counts)
 
 
 def final_usage(cfg: LlamaRun) -> list[list[float]] | None:

@@ -279,9 +279,12 @@ def load_run(path: str | Path, device: torch.device | str = "cpu", which: str = 
     written_by = ckpt.get("topic")
     if "model" not in ckpt or "config" not in ckpt:
         raise ConfigError(f"{ckpt_path} is not an llmpath run checkpoint (no model weights and config in it)")
-    if written_by not in TOPICS or not TOPICS[written_by].model:
+    if written_by not in TOPICS:
         raise ConfigError(f"{ckpt_path} does not say which topic's model it holds (an older llmpath wrote it?); "
                           f"train it again")
+    if not TOPICS[written_by].model:
+        raise ConfigError(f"{path} is a `llmpath {written_by}` run, whose models are read by that topic's own "
+                          f"commands, not by load_run")
     if topic and written_by != topic:
         raise ConfigError(f"{path} holds a {written_by} model, written by `llmpath {written_by} train`; "
                           f"use it with llmpath {written_by} (this command needs a {topic} run)")

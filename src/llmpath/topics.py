@@ -123,5 +123,12 @@ TOPIC_LIST: list[Topic] = [
                    "路由器为每个词元选 2 个专家，负载均衡损失让专家都有活干。模型与 Hugging Face 的 "
                    "LlamaForCausalLM、MixtralForCausalLM 复制权重后 logits、梯度与贪心生成一致；生成与 KV 缓存"
                    "由所有解码器共用的模块完成。")),
+    Topic("efficient", "llmpath.efficient", "stage 10: LoRA, weight-only int8/int4 quantization, distillation, compile",
+          stage="10", stage_title="让模型变便宜：LoRA、权重量化、知识蒸馏",
+          tutorial="docs/tutorials/10_efficiency.md", notebook="notebooks/10_efficiency.ipynb",
+          teaches=("把第 5 章预训练好的 GPT 变便宜：LoRA 冻结原权重，只训练注意力层旁边一对低秩矩阵，"
+                   "与全量微调比较验证损失、可训练参数和要保存的文件；把权重量化成 int8（按通道）和 int4（按组），"
+                   "看模型小了多少、验证损失涨了多少；再让一个四分之一大小的学生向教师蒸馏，与只学标签的学生比较。"
+                   "LoRA 与 peft、量化与 torchao 逐项对照。")),
 ]
 TOPICS: dict[str, Topic] = {t.name: t for t in TOPIC_LIST}

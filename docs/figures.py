@@ -65,6 +65,12 @@ FIGURES: dict[str, tuple[str, str]] = {
                                    "llmpath llama compare --pooled --workers=2 && llmpath llama figures"),
     "09_expert_usage.png": ("llama/small-compare/figures/expert_usage.png",
                             "llmpath llama compare --workers=2 && llmpath llama figures"),
+    "10_quant_error.png": ("efficient/small-figures/figures/quant_error.png",
+                           "llmpath gpt train && llmpath efficient figures"),
+    "10_quant_grid_gpt.png": ("efficient/small-figures/figures/quant_grid_gpt.png",
+                              "llmpath gpt train && llmpath efficient figures"),
+    "10_temperature_gpt.png": ("efficient/small-figures/figures/temperature_gpt.png",
+                               "llmpath gpt train && llmpath efficient figures"),
 }
 
 
@@ -101,6 +107,11 @@ DIAGRAMS: dict[str, str] = {
     # chapter 9
     "09_rope.png": "llmpath.llama.figures:rope_frequencies_figure",
     "09_kv_cache.png": "llmpath.llama.figures:kv_cache_figure",
+
+    # chapter 10
+    "10_lora.png": "llmpath.efficient.figures:lora_figure",
+    "10_quant_grid.png": "llmpath.efficient.figures:quant_grid_figure",
+    "10_kl_direction.png": "llmpath.efficient.figures:kl_direction_figure",
 }
 
 

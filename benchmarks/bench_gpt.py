@@ -24,6 +24,7 @@ import time
 import torch
 import transformers
 
+from llmpath.common import interleaved_times  # noqa: F401  (bench_llama, bench_vit, ... import it from here)
 from llmpath.gpt.finetune import lm_loss
 from llmpath.generation import generate
 from llmpath.gpt.hf import from_hf
@@ -31,21 +32,6 @@ from llmpath.gpt.hf import from_hf
 # (name, n_layer, n_head, n_embd, block_size, batch): nanoGPT's CPU shape and a larger one
 SHAPES = [("4x128", 4, 4, 128, 64, 12), ("6x384", 6, 6, 384, 128, 8)]
 PROMPT, NEW = 16, 256
-
-
-def interleaved_times(fns: dict, rounds: int, steps: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, in rounds (A B C, A B C, ...) after two warm-up calls each, so that load
-    from other processes hits them alike; one list of per-round means per name (callers take the median)."""
-    for fn in fns.values():
-        fn(), fn()  # warm-up: allocator, optimizer state
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                fn()
-            times[k].append((time.perf_counter() - t0) / steps)
-    return times
 
 
 def matmul_peak(n: int = 1024, repeats: int = 20) -> float:

@@ -75,3 +75,13 @@ def test_distill_table_at_tiny(tiny_gpt, capsys):
     done = json.loads((tiny_gpt / "efficient" / "tiny-distill-compare" / "results.json").read_text())
     assert set(done) == {"teacher", "labels", "forward", "reverse"}
     assert done["forward"]["params"] < done["teacher"]["params"] / 2
+
+
+def test_interleaved_times_alternates_the_functions_after_their_warmup():
+    from llmpath.common import interleaved_times
+
+    calls = []
+    times = interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=2, steps=2,
+                              warmup=1)
+    assert calls == ["a", "b", "a", "a", "b", "b", "a", "a", "b", "b"]
+    assert set(times) == {"a", "b"} and all(len(t) == 2 and min(t) >= 0 for t in times.values())

@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -135,3 +136,20 @@ def paired_bootstrap(correct_a, correct_b, n: int = 2000, seed: int = 0, level: 
     diffs = d[idx].mean(1)
     lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
     return {"diff": float(d.mean()), "lo": float(lo), "hi": float(hi), "n": n, "level": level}
+
+
+def interleaved_times(fns: dict[str, Callable[[], Any]], rounds: int, steps: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds per call of each function, in rounds (A B C, A B C, ...) after `warmup` calls each, so that load
+    from other processes hits them alike; one list of per-round means per name (callers take the median).
+    The benchmarks and `llmpath efficient speed` time with it."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()  # allocator, optimizer state, a compiled function's first shapes
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            times[k].append((time.perf_counter() - t0) / steps)
+    return times

@@ -24,14 +24,13 @@ import copy
 import io
 import logging
 import statistics
-import time
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from llmpath.common import markdown_table, set_threads
+from llmpath.common import interleaved_times, markdown_table, set_threads
 from llmpath.data import split_text
 from llmpath.efficient.quant import QuantLinear, model_bytes, quantize, weight_error
 from llmpath.generation import generate
@@ -142,14 +141,7 @@ def tokens_per_s(models: dict[str, nn.Module], new_tokens: int, rounds: int, see
     timed in interleaved rounds (A B C, A B C, ...) after one warm-up each; the median per model."""
     def run(m):
         return generate(m, [0], new_tokens, temperature=0.8, top_k=50, generator=torch.Generator().manual_seed(seed))
-    for m in models.values():
-        run(m)
-    times = {k: [] for k in models}
-    for _ in range(rounds):
-        for k, m in models.items():
-            t0 = time.perf_counter()
-            run(m)
-            times[k].append(time.perf_counter() - t0)
+    times = interleaved_times({k: (lambda m=m: run(m)) for k, m in models.items()}, rounds, 1, warmup=1)
     return {k: new_tokens / statistics.median(t) for k, t in times.items()}
 
 

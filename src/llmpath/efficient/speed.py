@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from llmpath.common import markdown_table
+from llmpath.common import interleaved_times, markdown_table
 from llmpath.generation import generate
 from llmpath.gpt.finetune import lm_loss
 from llmpath.gpt.model import MODEL_PRESETS, GPT, GPTConfig
@@ -51,14 +51,7 @@ def train_step(model: nn.Module, loss_fn: Callable, batch: tuple, params: nn.Mod
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int, calls: int) -> dict[str, float]:
     """Median seconds per call of each function over `rounds` interleaved rounds of `calls` calls each."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            times[k].append((time.perf_counter() - t0) / calls)
-    return {k: statistics.median(t) for k, t in times.items()}
+    return {k: statistics.median(t) for k, t in interleaved_times(fns, rounds, calls, warmup=0).items()}
 
 
 def first_call(fn: Callable[[], object]) -> tuple[float, str]:

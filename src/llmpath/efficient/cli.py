@@ -223,8 +223,13 @@ def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> Stage
              f"\n\nLoRA r={TOUR_RANK} 的可训练参数占 {r['trainable_share']:.2%}；int8 验证损失 "
              f"{bars['int8 per channel']['delta']:+.4f}，int4（组长 32）{bars['int4 group 32']['delta']:+.4f}；"
              f"蒸馏的学生 − 只学标签的学生：{gain:+.4f}")
+    from llmpath.efficient.figures import lora_figure, quant_grid_figure
+    from llmpath.plotting import save_fig
+
+    shown = Path(out) / TOPIC / f"{preset}-figures" / "figures"
+    diagrams = [save_fig(lora_figure(), shown / "lora.png"), save_fig(quant_grid_figure(), shown / "quant_grid.png")]
     return StageResult("val loss, distilled student (nats/char)", distill_done["forward"]["val_loss"], bar, all(checks),
-                       table, [*distill_done["forward"].get("figures", [])])
+                       table, [*map(str, diagrams), *distill_done["forward"].get("figures", [])])
 
 
 # -------------------------------------------------------------------------------- smoke

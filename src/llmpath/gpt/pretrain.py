@@ -72,18 +72,26 @@ PRESETS: dict[str, dict] = {
 
 def pretrain(cfg: LMRun, topic: str, build: Callable[..., nn.Module], load_init: Callable | None = None,
              title: str = "GPT", evaluate_extra: Callable[[nn.Module, object], dict] | None = None,
-             summarize: Callable[[nn.Module], dict] | None = None) -> dict:
+             summarize: Callable[[nn.Module], dict] | None = None,
+             texts: Callable[[LMRun], tuple[str, str]] | None = None) -> dict:
     """Train build(cfg.model) (or continue load_init(cfg.init_from)) on cfg.data; the run's summary.
 
     evaluate_extra(model, val_batch) adds numbers to every evaluation (an MoE's expert usage);
-    summarize(model) adds entries to the summary that results.json keeps (an MoE's active parameters).
+    summarize(model) adds entries to the summary that results.json keeps (an MoE's active parameters);
+    texts(cfg) -> (train text, val text) replaces cfg.data and its 90/5/5 split (the chat model's mixture);
+    the tokenizer then learns from the train text only.
     """
     setup_logging()
     if (done := reuse(cfg, topic)) is not None:
         return done
     init_model = None
     key = comparable_config(cfg)  # as asked: the vocabulary (or a loaded model's shape) is filled in below
-    text = lm_text(cfg.data)
+    if texts is None:  # the tokenizer learns from the whole corpus, as it always has here
+        text = lm_text(cfg.data)
+        train_text, val_text, _ = split_text(text)
+    else:
+        train_text, val_text = texts(cfg)
+        text = train_text
     if cfg.init_from:
         if load_init is None:
             raise ConfigError(f"--init_from is not supported for {topic}; train from scratch (--init_from='')")
@@ -92,7 +100,6 @@ def pretrain(cfg: LMRun, topic: str, build: Callable[..., nn.Module], load_init:
     else:
         tok = make_tokenizer(cfg.tokenizer, text, cfg.bpe_vocab_size)
         cfg = replace(cfg, model=replace(cfg.model, vocab_size=tok.vocab_size))
-    train_text, val_text, _ = split_text(text)
     train_ids, val_ids = encode_known(tok, train_text), encode_known(tok, val_text)[: cfg.eval_tokens + 1]
     batches = RandomWindows(train_ids, cfg.model.block_size, cfg.train.batch_size, seed=cfg.seed)  # checks the length
     run = start_run(cfg, topic, tokenizer=tok, key=key)

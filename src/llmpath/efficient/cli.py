@@ -207,9 +207,9 @@ def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> Stage
     lrows = {k: c for k, c in lora_configs(lcfg).items() if k != "gpt-full"}
     drows = {k: c for k, c in distill_configs(dcfg).items() if k != "reverse"}
     tasks = [drows["forward"], drows["labels"], *lrows.values(), ("quantize", Path(out) / "gpt" / preset)]
-    *_, q = map_processes(_tour_task, tasks, min(2, os.cpu_count() or 1))  # the slowest first
-    lora_done = {k: lora_run(c) for k, c in lrows.items()}  # finished: read back
-    distill_done = {k: distill_run(c) for k, c in drows.items()}
+    forward, labels, *lora_rows, q = map_processes(_tour_task, tasks, min(2, os.cpu_count() or 1))  # slowest first
+    lora_done = dict(zip(lrows, lora_rows))
+    distill_done = {"forward": forward, "labels": labels}
     bars = q["bars"]
     r = lora_done[f"gpt-r{TOUR_RANK}"]
     gain = distill_done["forward"]["val_loss"] - distill_done["labels"]["val_loss"]

@@ -1,6 +1,6 @@
 """How much quantization costs a trained model: size, validation loss and generation speed, ours vs peers.
 
-    res = quant_table("runs/gpt/small")          # stage 5's GPT; quant_tables(out) adds runs/llama/small-llama
+    res = quant_table("runs/gpt/small")          # stage 5's GPT (`llmpath efficient quantize` adds the Llama)
     print(markdown_table(res["head"], res["rows"]))
 
 Each row quantizes a fresh copy of the run's best checkpoint: fp32, int8 per channel, int4 with groups of
@@ -212,12 +212,3 @@ def _error_summary(per_layer: dict[str, dict]) -> dict:
             "outlier_rows": sum(x["outlier_rows"] for x in v), "rows": sum(x["rows"] for x in v),
             "outlier_row_share": sum(x["outlier_rows"] for x in v) / sum(x["rows"] for x in v),
             "outlier_error_share": sum(t * x["outlier_error_share"] for t, x in zip(total, v)) / sum(total)}
-
-
-def quant_tables(out: str | Path = "runs", **kw) -> dict[str, dict]:
-    """quant_table of stage 5's GPT (<out>/gpt/small) and, when it exists, stage 9's Llama (<out>/llama/small-llama)."""
-    res = {"gpt": quant_table(Path(out) / "gpt" / "small", **kw)}
-    llama = Path(out) / "llama" / "small-llama"
-    if (llama / "ckpt" / "best.pt").exists():
-        res["llama"] = quant_table(llama, **kw)
-    return res

@@ -23,7 +23,8 @@ import torch
 from llmpath.common import log, map_processes, markdown_table, setup_logging, write_json
 from llmpath.config import Command, ConfigError, RunConfig, build_config, opt
 from llmpath.efficient.distill import PRESETS as DISTILL_PRESETS
-from llmpath.efficient.distill import DistillRun, distill_compare, distill_configs, distill_run, distill_table
+from llmpath.efficient.distill import (DistillRun, distill_compare, distill_configs, distill_run, distill_table,
+                                      load_teacher)
 from llmpath.efficient.lora import apply_lora, merge_lora
 from llmpath.efficient.lora_runs import PRESETS as LORA_PRESETS
 from llmpath.efficient.lora_runs import LoRACompare, lora_configs, lora_run, lora_table, lr_sweep
@@ -141,6 +142,7 @@ def distill(cfg: DistillCompare) -> dict:
     """A student of a quarter of the teacher's size: labels alone vs distilled (forward KL, reverse KL)."""
     setup_logging()
     configs = list(distill_configs(cfg).values())
+    load_teacher(cfg)  # a missing or mismatched teacher is one line here, before any worker process starts
     map_processes(_train_row, configs, _check_workers(cfg.workers))  # train in parallel; the compare reuses them
     done = distill_compare(cfg)
     print(distill_table(done))

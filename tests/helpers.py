@@ -11,3 +11,10 @@ def perturb(model: nn.Module, seed: int = 0) -> nn.Module:
         for p in model.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=g))
     return model
+
+
+def one_line_error(capsys) -> str:
+    """stderr is exactly one `error: ...` line and no traceback (a bad input refused before any work)."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    return err

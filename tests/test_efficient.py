@@ -8,16 +8,11 @@ import pytest
 
 from llmpath.cli import main
 from llmpath.efficient import cli
+from helpers import one_line_error
 
 
 def efficient(*args) -> int:
     return main(["efficient", *args])
-
-
-def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -35,19 +30,19 @@ def test_doctor_check():
 def test_every_command_refuses_a_missing_pretrained_run_in_one_line(tmp_path, capsys):
     for command in ("lora", "distill", "quantize"):
         assert efficient(command, "--preset=tiny", f"--out={tmp_path}") == 2
-        err = _one_line_error(capsys)
+        err = one_line_error(capsys)
         assert "llmpath gpt train --preset=tiny" in err, (command, err)
     assert not (tmp_path / "efficient").exists() or not any((tmp_path / "efficient").iterdir())
 
 
 def test_bad_options_are_one_line_errors(tiny_gpt, capsys):
     assert efficient("lora", "--preset=tiny", f"--out={tiny_gpt}", "--ranks=0") == 2
-    assert "--ranks" in _one_line_error(capsys)
+    assert "--ranks" in one_line_error(capsys)
     assert efficient("lora", "--preset=tiny", f"--out={tiny_gpt}", "--lora.targets=nothing.here", "--ranks=2",
                      "--llama=none", "--name=bad") == 2
-    assert "nothing.here" in _one_line_error(capsys)
+    assert "nothing.here" in one_line_error(capsys)
     assert efficient("distill", "--preset=tiny", f"--out={tiny_gpt}", "--temperature=0") == 2
-    assert "--temperature" in _one_line_error(capsys)
+    assert "--temperature" in one_line_error(capsys)
 
 
 def test_lora_table_at_tiny(tiny_gpt, capsys):

@@ -16,16 +16,11 @@ from llmpath.llama.experiments import (GPT2_BLOCK, VARIANTS, LlamaRun, llama_fro
                                         variant_run)
 from llmpath.llama.model import Llama, LlamaConfig
 from llmpath.runs import load_run
+from helpers import one_line_error
 
 
 def llama(*args) -> int:
     return main(["llama", *args])
-
-
-def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
-    return err
 
 
 def small() -> LlamaRun:
@@ -139,15 +134,15 @@ def test_ablation_table_over_two_seeds(tmp_path):
 
 def test_bad_inputs_are_one_line_before_any_work(tmp_path, capsys):
     assert llama("train", "--preset=tiny", "--model.n_kv_head=3", f"--out={tmp_path}") == 2
-    assert "n_head=2 must be a multiple of n_kv_head=3" in _one_line_error(capsys)
+    assert "n_head=2 must be a multiple of n_kv_head=3" in one_line_error(capsys)
     assert llama("train", "--preset=tiny", "--model.n_expert=2", "--model.top_k=3", f"--out={tmp_path}") == 2
-    assert "top_k=3 is more than n_expert=2" in _one_line_error(capsys)
+    assert "top_k=3 is more than n_expert=2" in one_line_error(capsys)
     assert llama("compare", "--preset=tiny", "--model.n_embd=30", f"--out={tmp_path}") == 2
-    assert "RoPE rotates pairs" in _one_line_error(capsys)
+    assert "RoPE rotates pairs" in one_line_error(capsys)
     assert llama("ablation", "--preset=tiny", "--seeds=a", f"--out={tmp_path}") == 2
-    assert "--seeds expects non-negative integers" in _one_line_error(capsys)
+    assert "--seeds expects non-negative integers" in one_line_error(capsys)
     assert llama("sample", "--preset=tiny", f"--out={tmp_path}") == 2
-    assert "llmpath llama train --preset=tiny" in _one_line_error(capsys)
+    assert "llmpath llama train --preset=tiny" in one_line_error(capsys)
     assert not (tmp_path / "llama").exists()
 
 

@@ -19,16 +19,11 @@ from llmpath.vit.data import (ImageBatches, fraction, load_folder, load_images, 
                               random_shift, rotate, split_images)
 from llmpath.vit.experiments import Normalizer, predict
 from llmpath.vit.model import ViT
+from helpers import one_line_error
 
 
 def vit(*args) -> int:
     return main(["vit", *args])
-
-
-def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
-    return err
 
 
 # -------------------------------------------------------------------------------- data
@@ -158,13 +153,13 @@ def test_figures_and_export(runs, tmp_path):
 
 def test_bad_inputs_are_one_line_before_any_work(tmp_path, capsys):
     assert vit("train", "--preset=tiny", "--data=mnist-5k", "--patch_size=5", f"--out={tmp_path}") == 2
-    assert "--patch_size=5 does not divide --image_size=28" in _one_line_error(capsys)
+    assert "--patch_size=5 does not divide --image_size=28" in one_line_error(capsys)
     assert vit("train", "--preset=tiny", "--data=cifar", f"--out={tmp_path}") == 2
-    assert "unknown image set 'cifar'; choose one of: mnist-5k, digits" in _one_line_error(capsys)
+    assert "unknown image set 'cifar'; choose one of: mnist-5k, digits" in one_line_error(capsys)
     assert vit("curve", "--preset=tiny", "--fractions=0,2", f"--out={tmp_path}") == 2
-    assert "--fractions expects numbers in (0, 1]" in _one_line_error(capsys)
+    assert "--fractions expects numbers in (0, 1]" in one_line_error(capsys)
     assert vit("figures", "--preset=tiny", f"--out={tmp_path}") == 2
-    assert "llmpath vit compare --preset=tiny" in _one_line_error(capsys)
+    assert "llmpath vit compare --preset=tiny" in one_line_error(capsys)
     assert not (tmp_path / "vit").exists()
 
 

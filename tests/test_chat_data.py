@@ -166,11 +166,16 @@ def test_scores_perfect_and_wrong_generations():
     idi = of_task("idiom-chain", "test")
     prompts = [e.source_id.split(":")[1] for e in idi]
     assert D.score("idiom-chain", prompts, idi)["valid"] == 0  # the prompt itself, or an idiom with the wrong start
-    assert D.score("idiom-chain", [p[-1] + "不是成语" for p in prompts], idi)["valid"] == 0
+    rule = D.score("idiom-chain", [p[-1] + "不是成语" for p in prompts], idi)
+    assert rule["valid"] == 0 and rule["follows"] == pytest.approx(100)  # the rule kept, no idiom
+    assert D.score("idiom-chain", ["好" + p for p in prompts], idi)["follows"] == pytest.approx(
+        100 * sum(p[-1] == "好" for p in prompts) / len(prompts))
     loop = next(w for w in D.chain_answers() if w[0] == w[-1])  # e.g. 为所欲为: starts right, but repeats the prompt
     assert not D.idiom_valid(loop, loop) and D.idiom_valid(D.chain_answers()[loop][0] + "。", loop)
     ar = of_task("arithmetic", "test")
-    assert D.score("arithmetic", [f"The answer is {e.reference + 1}." for e in ar], ar)["exact"] == 0
+    off = D.score("arithmetic", [f"The answer is {e.reference + 1}." for e in ar], ar)
+    assert off["exact"] == 0 and off["number"] == pytest.approx(100)
+    assert D.score("arithmetic", ["不知道"] * len(ar), ar)["number"] == 0
     assert D.score("chitchat-en", ["hi"], of_task("chitchat-en", "test")[:1]) == {"n": 1}
     assert D.parse_label("情感：正面。") == "positive" and D.parse_label("NEGATIVE, not positive") == "negative"
     assert D.parse_label("不知道") is None and D.parse_int("等于-12。") == -12

@@ -130,5 +130,14 @@ TOPIC_LIST: list[Topic] = [
                    "与全量微调比较验证损失、可训练参数和要保存的文件；把权重量化成 int8（按通道）和 int4（按组），"
                    "看模型小了多少、验证损失涨了多少；再让一个四分之一大小的学生向教师蒸馏，与只学标签的学生比较。"
                    "LoRA 与 peft、量化与 torchao 逐项对照。")),
+    Topic("chat", "llmpath.chat", "stage 11: your own chat model: a bilingual base model, chat template, SFT",
+          stage="11", stage_title="自己的聊天模型（一）：双语基座模型、对话模板与指令微调（SFT）",
+          tutorial="docs/tutorials/11_sft.md", notebook="notebooks/11_sft.ipynb",
+          config="llmpath.chat.finetune:SFTRun", model="llmpath.llama.model:Llama",
+          tokenizer="llmpath.gpt.data:tokenizer_from_state",
+          teaches=("用课程自己的中英文数据（评论、HSK 句子、维基百科样本、莎士比亚、推文、聊天语料）训练字节级 BPE "
+                   "和一个 Llama 式基座模型；再把翻译、情感、成语接龙、算术、闲聊做成对话格式的指令数据"
+                   "（按来源条目划分，测试题的来源从未在训练中出现），用 ChatML 对话模板和只在回答上算的损失做指令微调；"
+                   "逐个任务比较：基座模型少样本提示、SFT、不掩码的 SFT，以及前几章的专用模型。")),
 ]
 TOPICS: dict[str, Topic] = {t.name: t for t in TOPIC_LIST}

@@ -76,7 +76,9 @@ class BaseRun(LlamaRun):
     data: str = opt("mixture", "fixed: the chat model's pretraining mixture (llmpath.chat.data); see --weights")
     tokenizer: Literal["char", "bpe"] = opt("bpe", "fixed: byte-level BPE (the chat template needs its special tokens)")
     bpe_vocab_size: int = opt(2048, "BPE vocabulary size, the three special tokens included", min=259)
-    weights: str = opt("hsk=4,chatterbot=2", "epochs of each source as source=weight, comma-separated; a source not "
+    bpe_pattern: Literal["gpt2", "digits"] = opt("digits", "BPE pre-tokenization: GPT-2's regex, or the same with "
+                                                 "every digit its own token (numbers line up with their places)")
+    weights: str = opt("hsk=4,chatterbot=2,idioms=4", "epochs of each source as source=weight, comma-separated; a source not "
                        "named keeps 1, 0 leaves it out (sources: " + ", ".join(PRETRAIN_SOURCES) + ")")
 
     def check(self) -> None:
@@ -88,16 +90,23 @@ class BaseRun(LlamaRun):
         parse_weights(self.weights)
 
 
-# `tiny` is stage 9's tiny shape on about 1% of each source: seconds, for tests. `small` is stage 9's small model
-# with twice its context (a chat turn with its template is longer than a line of Shakespeare) and a 2048-token
-# vocabulary (Chinese needs more pieces than English); 1500 steps of 16 x 128 tokens see 3.1M tokens, a fraction of
-# an epoch of the default mixture (12.2M characters; the BPE alone takes tens of seconds on it). Time: not measured yet.
+# `tiny` is stage 9's tiny shape on about 1% of each source (context 128, for chat turns): seconds, for tests.
+# `small`, the tour's, is stage 9's small model with twice its context (a chat turn with its template is longer than
+# a line of Shakespeare) and a 2048-token vocabulary (Chinese needs more pieces than English), trained briefly on
+# the sources the instruction tasks draw on (HSK sentences, dialogues, idioms) with a little of the others.
+# `base` is the same model trained longer on more of everything, for a better chat model. Times: benchmarks/README.md.
 PRESETS: dict[str, dict] = {
     "tiny": {**{k: v for k, v in GPT_PRESETS["tiny"].items() if k != "data"}, "model.n_kv_head": 1,
-             "bpe_vocab_size": 512, "eval_tokens": 1024, "sample_tokens": 20,
-             "weights": "chinese-reviews=0.01,hsk=0.05,wiki=0.01,shakespeare=0.01,tweets=0.01,chatterbot=0.05"},
+             "model.block_size": 128, "bpe_vocab_size": 512, "eval_tokens": 1024, "sample_tokens": 20,
+             "weights": "chinese-reviews=0.01,hsk=0.05,wiki=0.01,shakespeare=0.01,tweets=0.01,chatterbot=0.05,"
+                        "idioms=0.05"},
     "small": {**GPT_PRESETS["small"], "model.n_kv_head": 2, "model.block_size": 128, "bpe_vocab_size": 2048,
-              "train.max_steps": 1500, "train.warmup_steps": 50, "eval_tokens": 16_384, "sample_tokens": 100},
+              "train.max_steps": 300, "train.warmup_steps": 30, "train.eval_interval": 100, "eval_tokens": 8192,
+              "sample_tokens": 100,
+              "weights": "chinese-reviews=0.3,hsk=4,wiki=0.1,shakespeare=0.1,tweets=0.2,chatterbot=2,idioms=4"},
+    "base": {**GPT_PRESETS["small"], "model.n_kv_head": 2, "model.block_size": 128, "bpe_vocab_size": 2048,
+             "train.max_steps": 1500, "train.warmup_steps": 50, "eval_tokens": 16_384, "sample_tokens": 100,
+             "weights": "hsk=4,chatterbot=2,idioms=4"},
 }
 
 

@@ -356,7 +356,8 @@ def data_card_table(examples: dict[str, list[Example]]) -> str:
 
 # ---------------------------------------------------------------------- pretraining mixture
 
-PRETRAIN_SOURCES = ("chinese-reviews", "hsk", "wiki", "shakespeare", "tweets", "chatterbot")
+PRETRAIN_SOURCES = ("chinese-reviews", "hsk", "wiki", "shakespeare", "tweets", "chatterbot", "idioms")
+IDIOMS_PER_DOCUMENT = 16
 
 
 @lru_cache(maxsize=None)
@@ -373,6 +374,10 @@ def _documents(name: str) -> tuple[str, ...]:
     if name == "chatterbot":
         return tuple("\n".join(t) for lang in ("zh", "en") for t in dialogues(lang)
                      if split_of(_chat_id(lang, t)) == "train")
+    if name == "idioms":  # the train idioms, 16 a line in a fixed shuffled order: a test prompt is never among them
+        words = [w for w in idioms() if split_of(f"idiom:{w}") == "train"]
+        random.Random(SPLIT_SEED).shuffle(words)
+        return tuple("，".join(words[k:k + IDIOMS_PER_DOCUMENT]) for k in range(0, len(words), IDIOMS_PER_DOCUMENT))
     raise DataError(f"unknown pretraining source '{name}'; choose from: {', '.join(PRETRAIN_SOURCES)}")
 
 
@@ -422,6 +427,12 @@ def parse_int(text: str) -> int | None:
     return int(m.group()) if m else None
 
 
+def idiom_follows(answer: str, prompt: str) -> bool:
+    """Does the answer keep the game's rule, its first Chinese character being the prompt's last (idiom or not)?"""
+    m = re.search(r"[\u4e00-\u9fff]", answer)
+    return bool(m) and m.group() == prompt[-1]
+
+
 def idiom_valid(answer: str, prompt: str) -> bool:
     """Is the first run of Chinese characters of `answer` an idiom that may follow `prompt`?"""
     m = re.search(r"[\u4e00-\u9fff]+", answer)
@@ -431,7 +442,8 @@ def idiom_valid(answer: str, prompt: str) -> bool:
 
 def score(task: str, generations: list[str], examples: list[Example]) -> dict:
     """Scores of generated answers, 0-100: translation BLEU and chrF (corpus level), sentiment accuracy, idiom
-    validity, arithmetic exact match. Chitchat gives only {"n": ...}: its response loss is measured in sft.py."""
+    validity (and `follows`: the answer starts with the right character, idiom or not), arithmetic exact match (and
+    `number`: the answer holds an integer, right or wrong). Chitchat gives only {"n": ...}: its response loss is measured in sft.py."""
     if task not in TASKS:
         raise DataError(f"unknown task '{task}'; choose from: {', '.join(TASKS)}")
     if not examples:
@@ -448,8 +460,10 @@ def score(task: str, generations: list[str], examples: list[Example]) -> dict:
     elif task.startswith("sentiment"):
         out["accuracy"] = 100 * float(np.mean([parse_label(g) == r for g, r in zip(generations, refs)]))
     elif task == "idiom-chain":
-        out["valid"] = 100 * float(np.mean([idiom_valid(g, e.source_id.partition(":")[2])
-                                            for g, e in zip(generations, examples)]))
+        prompts = [e.source_id.partition(":")[2] for e in examples]
+        out["valid"] = 100 * float(np.mean([idiom_valid(g, p) for g, p in zip(generations, prompts)]))
+        out["follows"] = 100 * float(np.mean([idiom_follows(g, p) for g, p in zip(generations, prompts)]))
     elif task == "arithmetic":
         out["exact"] = 100 * float(np.mean([parse_int(g) == r for g, r in zip(generations, refs)]))
+        out["number"] = 100 * float(np.mean([parse_int(g) is not None for g in generations]))
     return out

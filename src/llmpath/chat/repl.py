@@ -1,6 +1,6 @@
 """The terminal chat loop: a multi-turn conversation with a trained chat model, its answer printed as it comes.
 
-    model, tok, _ = load_run("runs/chat")
+    model, tok, _ = load_run("runs/chat/small-sft")
     run_repl(ChatSession(model, tok, system="你是一个乐于助人的助手。"))
     # > 你好          (then /reset, /system <text>, /exit; Ctrl-D or Ctrl-C also end it)
 
@@ -50,7 +50,7 @@ class ChatSession:
         missing = [s for s in (IM_START, IM_END) if s not in getattr(tok, "special_tokens", {})]
         if missing:
             raise ConfigError(f"the tokenizer has no {missing[0]} token, so this model was not trained to chat; "
-                              "load a run trained by the chat stage (llmpath chat train)")
+                              "load a run trained by `llmpath chat sft`")
         if max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens={max_new_tokens}; give at least 1")
         self.model, self.tok = model, tok

@@ -47,9 +47,9 @@ def encode_examples(tok, examples, block_size: int, mask_everything: bool = Fals
     examples, out = list(examples), []
     for ex in examples:
         ids, mask = encode_chat(tok, _messages(ex))
-        ids, mask = ids[:block_size + 1], (([1] * len(ids)) if mask_everything else mask)[:block_size + 1]
-        if any(mask[1:]):  # the first token is never a target
-            out.append((ids, mask))
+        ids, mask = ids[:block_size + 1], mask[:block_size + 1]
+        if any(mask[1:]):  # the first token is never a target; the ablation drops the same conversations
+            out.append((ids, [1] * len(ids) if mask_everything else mask))
     if len(out) < len(examples):
         log.info(f"dropped {len(examples) - len(out)} of {len(examples)} conversations whose answers lie "
                  f"beyond block_size={block_size}")

@@ -32,12 +32,12 @@ def _bpe():
     return bpe
 
 
-def make_tokenizer(kind: str, text: str, vocab_size: int = 1024):
-    """A tokenizer trained on `text`: 'char' (every character seen) or 'bpe' (byte-level BPE)."""
+def make_tokenizer(kind: str, text: str, vocab_size: int = 1024, pattern: str = "gpt2"):
+    """A tokenizer trained on `text`: 'char' (every character seen) or 'bpe' (byte-level BPE, split by `pattern`)."""
     if kind == "char":
         return CharTokenizer.train(text)  # no <unk>: a prompt character outside it is a clear error
     if kind == "bpe":
-        return _bpe().train_gpt_tokenizer(text, vocab_size)
+        return _bpe().train_gpt_tokenizer(text, vocab_size, pattern)
     raise ConfigError(f"unknown tokenizer '{kind}'; choose one of: char, bpe")
 
 

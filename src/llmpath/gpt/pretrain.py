@@ -98,7 +98,7 @@ def pretrain(cfg: LMRun, topic: str, build: Callable[..., nn.Module], load_init:
         init_model, tok = load_init(cfg.init_from, "cpu", dropout=cfg.model.dropout)
         cfg = replace(cfg, model=replace(init_model.cfg))  # the architecture is the loaded one
     else:
-        tok = make_tokenizer(cfg.tokenizer, text, cfg.bpe_vocab_size)
+        tok = make_tokenizer(cfg.tokenizer, text, cfg.bpe_vocab_size, getattr(cfg, "bpe_pattern", "gpt2"))
         cfg = replace(cfg, model=replace(cfg.model, vocab_size=tok.vocab_size))
     train_ids, val_ids = encode_known(tok, train_text), encode_known(tok, val_text)[: cfg.eval_tokens + 1]
     batches = RandomWindows(train_ids, cfg.model.block_size, cfg.train.batch_size, seed=cfg.seed)  # checks the length

@@ -52,9 +52,10 @@ class TextTokenizer(Protocol):
     def save(self, path) -> object: ...
 
 
-def train_gpt_tokenizer(text: str, vocab_size: int) -> Tokenizer:
-    """The tokenizer a GPT run trains: GPT-2 pattern, <|endoftext|> and the chat tokens inside vocab_size."""
-    return Tokenizer.train(text, vocab_size, pattern="gpt2", special_tokens=SPECIAL_TOKENS)
+def train_gpt_tokenizer(text: str, vocab_size: int, pattern: str = "gpt2") -> Tokenizer:
+    """The tokenizer a GPT run trains: GPT-2 pattern (or another of PATTERNS), <|endoftext|> and the chat tokens
+    inside vocab_size."""
+    return Tokenizer.train(text, vocab_size, pattern=pattern, special_tokens=SPECIAL_TOKENS)
 
 
 __all__ = [

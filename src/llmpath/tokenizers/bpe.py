@@ -25,7 +25,10 @@ from llmpath.config import ConfigError
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 GPT4_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
                 r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
-PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
+# GPT-2's, with every digit its own chunk (as Llama's and Qwen's tokenizers split numbers): "1234" is four tokens,
+# so a number's digits line up with their places, which a small model learning arithmetic needs.
+DIGITS_PATTERN = GPT2_PATTERN.replace(r"| ?\p{N}++|", r"|\p{N}|")
+PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "digits": DIGITS_PATTERN}
 
 Merge = tuple[tuple[int, int], int]
 

@@ -112,6 +112,10 @@ DIAGRAMS: dict[str, str] = {
     "10_lora.png": "llmpath.efficient.figures:lora_figure",
     "10_quant_grid.png": "llmpath.efficient.figures:quant_grid_figure",
     "10_kl_direction.png": "llmpath.efficient.figures:kl_direction_figure",
+
+    # chapter 11
+    "11_template_mask.png": "llmpath.chat.figures:template_mask_figure",
+    "11_packing.png": "llmpath.chat.figures:packing_figure",
 }
 
 

@@ -131,7 +131,7 @@ TOPIC_LIST: list[Topic] = [
                    "看模型小了多少、验证损失涨了多少；再让一个四分之一大小的学生向教师蒸馏，与只学标签的学生比较。"
                    "LoRA 与 peft、量化与 torchao 逐项对照。")),
     Topic("chat", "llmpath.chat", "stage 11: your own chat model: a bilingual base model, chat template, SFT",
-          stage="11", stage_title="自己的聊天模型（一）：双语基座模型、对话模板与指令微调（SFT）",
+          stage="11", stage_title="自己的对话模型（一）：双语基座模型、对话模板与指令微调（SFT）",
           tutorial="docs/tutorials/11_sft.md", notebook="notebooks/11_sft.ipynb",
           config="llmpath.chat.finetune:SFTRun", model="llmpath.llama.model:Llama",
           tokenizer="llmpath.gpt.data:tokenizer_from_state",

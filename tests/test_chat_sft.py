@@ -11,11 +11,11 @@ from helpers import one_line_error
 from llmpath.chat import cli as chat_cli
 from llmpath.chat.base import PRESETS, BaseRun, pretrain_base
 from llmpath.chat.data import TASKS, Example, build_examples
-from llmpath.chat.evaluate import SCORED, answer, evaluate, prompt_ids, shots_for
-from llmpath.chat.finetune import SFT_PRESETS, SFTRun, compare, compare_table, first_per_task, run_sft
+from llmpath.chat.evaluate import SCORED, answer, answerable, evaluate, prompt_ids, shots_for
+from llmpath.chat.finetune import SFT_PRESETS, SFTRun, compare, compare_jobs, compare_table, run_sft
 from llmpath.chat.template import IM_END, IM_START, encode_chat
 from llmpath.cli import main
-from llmpath.config import ConfigError, build_config
+from llmpath.config import ConfigError, build_config, from_dict, to_dict
 from llmpath.runs import load_run
 from llmpath.tokenizers import PATTERNS, train_gpt_tokenizer
 
@@ -43,12 +43,17 @@ def test_sft_run_sits_beside_its_base_and_load_run_reads_it(chain):
 
 
 def test_sft_lowers_the_response_loss_and_reports_every_task(chain):
-    _, _, s = chain
+    out, _, s = chain
     assert s["response_loss"] < s["before"]["response_loss"]
     assert set(s["tasks"]) == set(TASKS)
+    model, run_tok, _ = load_run(out / "chat" / "tiny-sft", topic="chat")
+    p = SFT_PRESETS["tiny"]
+    asked = answerable(run_tok, build_examples(0, p["max_per_task"], p["max_eval"])["test"], model.cfg.block_size,
+                       p["eval_items"])
     for task, metric in SCORED.items():
-        assert 0 <= s["tasks"][task][metric] <= 100 and s["tasks"][task]["n"] == SFT_PRESETS["tiny"]["eval_items"]
-    assert s["n"] == len(SCORED) * SFT_PRESETS["tiny"]["eval_items"]
+        n = sum(e.task == task for e in asked)
+        assert 0 <= s["tasks"][task][metric] <= 100 and s["tasks"][task]["n"] == n >= 1
+    assert s["n"] == sum(e.task in SCORED for e in asked)
     assert s["ended"] + s["role_tokens"] + s["length"] == pytest.approx(100)
     assert {t: len(x) for t, x in s["transcripts"].items()} == {t: 3 for t in SCORED}
 
@@ -63,6 +68,12 @@ def test_mask_everything_trains_in_its_own_folder_and_a_finished_run_is_reused(c
     ablation = run_sft(sft_cfg(out, "--mask_everything=true"))
     assert (out / "chat" / "tiny-sft-nomask" / "results.json").exists()
     assert ablation["response_loss"] != s["response_loss"]
+
+
+def test_compare_trains_plain_sft_runs_that_load_run_can_read(tmp_path):
+    cfg = build_config(chat_cli.CompareChat, ["--preset=tiny", f"--out={tmp_path}", "--workers=2"], SFT_PRESETS)
+    for kind, job in compare_jobs(cfg).values():
+        assert type(job) is SFTRun and from_dict(SFTRun, to_dict(job)) == job, kind
 
 
 def test_compare_table_has_a_row_per_task_and_the_ending_rows(chain):
@@ -159,3 +170,18 @@ def test_tour_stage_tiny_passes_and_reports_the_table(chain):
     r = chat_cli.tour("tiny", str(out))
     assert r.passed and "| 算术" in r.table and r.value == pytest.approx(
         json.loads((out / "chat" / "tiny-sft" / "results.json").read_text())["response_loss"])
+
+
+def test_only_conversations_that_fit_the_context_are_asked(tok):
+    ex = build_examples(0, max_per_task=5, max_eval=30, tasks=("sentiment-reviews", "arithmetic"))["test"]
+    lengths = {id(e): len(encode_chat(tok, e.messages)[0]) for e in ex}
+    block = sorted(lengths.values())[len(lengths) // 2]  # about half of them fit
+    picked = answerable(tok, ex, block, per_task=3)
+    assert picked and all(lengths[id(e)] <= block + 1 for e in picked)
+    for task in ("sentiment-reviews", "arithmetic"):  # the first fitting ones, in order
+        want = [e for e in ex if e.task == task and lengths[id(e)] <= block + 1][:3]
+        assert [e for e in picked if e.task == task] == want
+    model = torch.nn.Linear(1, 1)
+    model.cfg = type("C", (), {"block_size": 8})()
+    with pytest.raises(ValueError, match="no room"):
+        answer(model, tok, list(range(8)), max_new_tokens=4)

@@ -8,7 +8,8 @@
 
 Every model answers the same prompts: the test conversation without its last assistant turn, in the chat template
 with an assistant turn opened, decoded greedily until it writes <|im_end|> (or <|im_start|> / <|endoftext|>, which
-would begin another turn or document) or max_new_tokens. Scoring is llmpath.chat.data.score; besides it each task
+would begin another turn or document), max_new_tokens, or the end of the context. Only conversations that fit the
+context whole are asked (`answerable`): a question cut short, or no room for its answer, would test the context. Scoring is llmpath.chat.data.score; besides it each task
 gets its response loss (nats per answer token, teacher-forced on the test answers, so chitchat has a number too).
 
 A base model was never shown the template, so asking it zero-shot measures little. Few-shot prompting is the fair
@@ -61,15 +62,35 @@ def prompt_ids(tok, example: Example, block_size: int, room: int, shot_turns: li
         shot_turns = shot_turns[2:]  # drop the oldest solved example
 
 
+def fits(tok, example: Example, block_size: int) -> bool:
+    """Does the whole conversation fit the context, so that the model can read the question and write the reference
+    answer with its <|im_end|>? (The same rule SFT trains by: at most block_size + 1 tokens.)"""
+    return len(encode_chat(tok, example.messages)[0]) <= block_size + 1
+
+
+def answerable(tok, examples: list[Example], block_size: int, per_task: int) -> list[Example]:
+    """The first per_task examples of each task that fit the context: every model of one tokenizer and context
+    (base, SFT, ablation) is tested on these same items, and so are the earlier stages' models."""
+    count: dict[str, int] = defaultdict(int)
+    out = []
+    for ex in examples:
+        if count[ex.task] < per_task and fits(tok, ex, block_size):
+            out.append(ex)
+            count[ex.task] += 1
+    return out
+
+
 @torch.no_grad()
 def answer(model: nn.Module, tok, ids: list[int], max_new_tokens: int) -> tuple[str, str]:
     """(the greedy answer's text, why it stopped: "end" at <|im_end|>, "role" at <|im_start|> or <|endoftext|>,
     "length" at max_new_tokens)."""
     sp = tok.special_tokens
     stops = [sp[IM_END], sp[IM_START], sp[PAD]]
-    room = model.cfg.block_size - len(ids)
-    out = generate(model, ids[-model.cfg.block_size:], max(1, min(max_new_tokens, room)), greedy=True,
-                   stop_tokens=stops)[0, len(ids[-model.cfg.block_size:]):].tolist()
+    room = model.cfg.block_size - len(ids)  # an answerable question leaves room for the reference answer
+    if room < 1:
+        raise ValueError(f"a prompt of {len(ids)} tokens leaves no room in a context of {model.cfg.block_size}; "
+                         "test on answerable(...) examples")
+    out = generate(model, ids, min(max_new_tokens, room), greedy=True, stop_tokens=stops)[0, len(ids):].tolist()
     stop = next((k for k, t in enumerate(out) if t in stops), None)
     if stop is None:
         return tok.decode(out), "length"
@@ -79,22 +100,21 @@ def answer(model: nn.Module, tok, ids: list[int], max_new_tokens: int) -> tuple[
 
 def evaluate(model: nn.Module, tok, examples: list[Example], per_task: int = 50, max_new_tokens: int = 48,
              shots: list[Example] | None = None, n_shots: int = 3, seed: int = 0, transcripts: int = 3) -> dict:
-    """Scores per task on the first per_task examples of each task, and how the answers end (see the docstring).
+    """Scores per task on the first per_task answerable examples of each task, and how the answers end (see the
+    docstring).
 
     Returns {"tasks": {task: score dict + response_loss}, "ended": %, "role_tokens": %, "length": %, "n": answers,
     "transcripts": {task: [{"prompt": messages, "answer": text, "reference": ...}, ...]}}.
     """
-    by_task: dict[str, list[Example]] = defaultdict(list)
-    for ex in examples:
-        if len(by_task[ex.task]) < per_task:
-            by_task[ex.task].append(ex)
-    rng = random.Random(seed)
     block = model.cfg.block_size
+    by_task: dict[str, list[Example]] = defaultdict(list)
+    for ex in answerable(tok, examples, block, per_task):
+        by_task[ex.task].append(ex)
+    rng = random.Random(seed)
     tasks, stops, shown = {}, [], {}
     for task in (t for t in TASKS if t in by_task):
         items = by_task[task]
-        fits = [ex for ex in items if len(encode_chat(tok, ex.messages)[0]) <= block + 1]
-        result = {"response_loss": response_loss(model, fits, tok) if fits else None}
+        result = {"response_loss": response_loss(model, items, tok)}
         if task in SCORED:
             answers = []
             for ex in items:

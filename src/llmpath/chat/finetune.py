@@ -19,13 +19,13 @@ from pathlib import Path
 from llmpath.chat.base import PRESETS as BASE_PRESETS
 from llmpath.chat.base import TOPIC, BaseRun
 from llmpath.chat.data import TASKS, build_examples, data_card
-from llmpath.chat.evaluate import METRIC_NAMES, SCORED, evaluate, main_number
+from llmpath.chat.evaluate import METRIC_NAMES, SCORED, answerable, evaluate, main_number
 from llmpath.chat.sft import SFTBatches, response_loss, sft_loss
 from llmpath.chat.template import CHAT_TOKENS
 from llmpath.common import count_params, log, map_processes, markdown_table, setup_logging
 from llmpath.config import ConfigError, opt
 from llmpath.plotting import save_fig, training_curves
-from llmpath.runs import comparable_config, load_run, reuse, run_path, start_run
+from llmpath.runs import comparable_config, load_run, reuse, run_path, start_run, sub_config
 from llmpath.train import fit, read_metrics
 
 
@@ -111,8 +111,8 @@ def run_sft(cfg: SFTRun) -> dict:
     model, tok, base_cfg = load_base(cfg, dropout=cfg.model.dropout)
     cfg = replace(cfg, model=replace(model.cfg), bpe_vocab_size=base_cfg.bpe_vocab_size, weights=base_cfg.weights)
     ex = eval_examples(cfg)
-    val, test = first_per_task(ex["val"], cfg.val_items), first_per_task(ex["test"], cfg.eval_items)
     block = model.cfg.block_size
+    val, test = first_per_task(ex["val"], cfg.val_items), answerable(tok, ex["test"], block, cfg.eval_items)
     batches = SFTBatches(tok, ex["train"], cfg.train.batch_size, block, pack=cfg.pack,
                          mask_everything=cfg.mask_everything, seed=cfg.seed)
     before = {"response_loss": response_loss(model, test, tok)}
@@ -139,7 +139,7 @@ def base_report(cfg: SFTRun) -> dict:
     setup_logging()
     model, tok, _ = load_base(cfg)
     ex = eval_examples(cfg)
-    test = first_per_task(ex["test"], cfg.eval_items)
+    test = answerable(tok, ex["test"], model.cfg.block_size, cfg.eval_items)
     report = evaluate(model, tok, test, per_task=cfg.eval_items, max_new_tokens=cfg.max_new_tokens,
                       shots=ex["train"], n_shots=cfg.n_shots, seed=cfg.seed)
     return {**report, "response_loss": response_loss(model, test, tok), "n_shots": cfg.n_shots}
@@ -154,15 +154,16 @@ def _job(job: tuple[str, SFTRun]) -> dict:
         from llmpath.chat.baselines import task_model_scores
 
         setup_logging()
-        return task_model_scores(first_per_task(eval_examples(cfg)["test"], cfg.eval_items), out=cfg.out,
-                                 preset=cfg.preset or "small")
+        model, tok, _ = load_base(cfg)  # the chat models' tokenizer and context decide which items they answer
+        test = answerable(tok, eval_examples(cfg)["test"], model.cfg.block_size, cfg.eval_items)
+        return task_model_scores(test, out=cfg.out, preset=cfg.preset or "small")
     return base_report(cfg) if kind == "base" else run_sft(cfg)
 
 
 def compare_jobs(cfg: SFTRun) -> dict[str, tuple[str, SFTRun]]:
     """The columns: SFT, SFT without loss masking (each its own run folder), the base model few-shot, and the
     earlier stages' task-specific models."""
-    plain = replace(cfg, name="")  # run_sft names each run after its options
+    plain = replace(sub_config(cfg, SFTRun), name="")  # an SFTRun (load_run rebuilds it); named after its options
     return {"sft": ("sft", replace(plain, mask_everything=False)),
             "nomask": ("sft", replace(plain, mask_everything=True)),
             "base": ("base", plain), "baselines": ("baselines", plain)}

@@ -13,12 +13,12 @@ So prompts are context, never targets: the model spends its capacity on answerin
 Two ways to make rectangular batches:
 - padding (default): one conversation per row, padded on the right to the longest in the batch; pad targets are
   -100 and, attention being causal, a pad token comes after every real one, so padding changes nothing.
-- packing (pack=True): whole conversations are laid one after another in rows of block_size + 1 tokens (first fit
-  in order, then padded), so few positions are wasted. Attention is still plain causal: a conversation sees the
-  ones before it in its row, and its positions do not restart. That costs a little: the model learns in a context
-  it never meets when chatting (after an unrelated conversation, at later positions), and attention spends work on
-  tokens it should ignore. A block-diagonal mask with restarted positions would avoid both; our models take no
-  mask, so that is left out, and `response_loss` always scores unpacked conversations.
+- packing (pack=True): whole conversations are laid one after another in rows of block_size + 1 tokens (next fit: a
+  new row when one does not fit, then padded), so few positions are wasted. Attention is still plain causal: a
+  conversation sees the ones before it in its row, and its positions do not restart. That costs a little: the model
+  learns in a context it never meets when chatting (after an unrelated conversation, at later positions), and
+  attention spends work on tokens it should ignore. A block-diagonal mask with restarted positions would avoid both;
+  our models take no mask, so that is left out, and `response_loss` always scores unpacked conversations.
 A conversation longer than block_size + 1 tokens keeps its beginning; one whose answers are all cut off is dropped.
 """
 
@@ -71,7 +71,7 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch
 
 
 def pack_rows(encoded: list[tuple[list[int], list[int]]], block_size: int) -> list[tuple[list[int], list[int]]]:
-    """Lay whole conversations one after another in rows of at most block_size + 1 tokens (first fit, in order).
+    """Lay whole conversations one after another in rows of at most block_size + 1 tokens (next fit, in order).
 
     The last token of one conversation then has the next one's <|im_start|> as its target, which the mask leaves out.
     """

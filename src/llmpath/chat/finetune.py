@@ -88,6 +88,11 @@ def eval_examples(cfg: SFTRun) -> dict[str, list]:
     return build_examples(cfg.seed, cfg.max_per_task, cfg.max_eval, tasks=cfg.task_list())
 
 
+def test_items(cfg: SFTRun, tok, block_size: int, examples: dict | None = None) -> list:
+    """The test conversations every column is asked: the first eval_items per task that fit the context."""
+    return answerable(tok, (examples or eval_examples(cfg))["test"], block_size, cfg.eval_items)
+
+
 def first_per_task(examples: list, n: int) -> list:
     """The first n examples of every task, in order."""
     seen: dict[str, int] = {}
@@ -112,7 +117,7 @@ def run_sft(cfg: SFTRun) -> dict:
     cfg = replace(cfg, model=replace(model.cfg), bpe_vocab_size=base_cfg.bpe_vocab_size, weights=base_cfg.weights)
     ex = eval_examples(cfg)
     block = model.cfg.block_size
-    val, test = first_per_task(ex["val"], cfg.val_items), answerable(tok, ex["test"], block, cfg.eval_items)
+    val, test = first_per_task(ex["val"], cfg.val_items), test_items(cfg, tok, block, ex)
     batches = SFTBatches(tok, ex["train"], cfg.train.batch_size, block, pack=cfg.pack,
                          mask_everything=cfg.mask_everything, seed=cfg.seed)
     before = {"response_loss": response_loss(model, test, tok)}
@@ -139,7 +144,7 @@ def base_report(cfg: SFTRun) -> dict:
     setup_logging()
     model, tok, _ = load_base(cfg)
     ex = eval_examples(cfg)
-    test = answerable(tok, ex["test"], model.cfg.block_size, cfg.eval_items)
+    test = test_items(cfg, tok, model.cfg.block_size, ex)
     report = evaluate(model, tok, test, per_task=cfg.eval_items, max_new_tokens=cfg.max_new_tokens,
                       shots=ex["train"], n_shots=cfg.n_shots, seed=cfg.seed)
     return {**report, "response_loss": response_loss(model, test, tok), "n_shots": cfg.n_shots}
@@ -155,8 +160,8 @@ def _job(job: tuple[str, SFTRun]) -> dict:
 
         setup_logging()
         model, tok, _ = load_base(cfg)  # the chat models' tokenizer and context decide which items they answer
-        test = answerable(tok, eval_examples(cfg)["test"], model.cfg.block_size, cfg.eval_items)
-        return task_model_scores(test, out=cfg.out, preset=cfg.preset or "small")
+        return task_model_scores(test_items(cfg, tok, model.cfg.block_size), out=cfg.out,
+                                 preset=cfg.preset or "small")
     return base_report(cfg) if kind == "base" else run_sft(cfg)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -68,16 +69,21 @@ def fits(tok, example: Example, block_size: int) -> bool:
     return len(encode_chat(tok, example.messages)[0]) <= block_size + 1
 
 
-def answerable(tok, examples: list[Example], block_size: int, per_task: int) -> list[Example]:
-    """The first per_task examples of each task that fit the context: every model of one tokenizer and context
-    (base, SFT, ablation) is tested on these same items, and so are the earlier stages' models."""
+def first_per_task(examples: Iterable[Example], n: int) -> list[Example]:
+    """The first n examples of every task, in order."""
     count: dict[str, int] = defaultdict(int)
     out = []
     for ex in examples:
-        if count[ex.task] < per_task and fits(tok, ex, block_size):
+        if count[ex.task] < n:
             out.append(ex)
             count[ex.task] += 1
     return out
+
+
+def answerable(tok, examples: list[Example], block_size: int, per_task: int) -> list[Example]:
+    """The first per_task examples of each task that fit the context: every model of one tokenizer and context
+    (base, SFT, ablation) is tested on these same items, and so are the earlier stages' models."""
+    return first_per_task((ex for ex in examples if fits(tok, ex, block_size)), per_task)
 
 
 @torch.no_grad()

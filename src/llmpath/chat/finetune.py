@@ -19,7 +19,7 @@ from pathlib import Path
 from llmpath.chat.base import PRESETS as BASE_PRESETS
 from llmpath.chat.base import TOPIC, BaseRun
 from llmpath.chat.data import TASKS, build_examples, data_card
-from llmpath.chat.evaluate import METRIC_NAMES, SCORED, answerable, evaluate, main_number
+from llmpath.chat.evaluate import METRIC_NAMES, SCORED, answerable, evaluate, first_per_task, main_number
 from llmpath.chat.sft import SFTBatches, response_loss, sft_loss
 from llmpath.chat.template import CHAT_TOKENS
 from llmpath.common import count_params, log, map_processes, markdown_table, setup_logging
@@ -91,17 +91,6 @@ def eval_examples(cfg: SFTRun) -> dict[str, list]:
 def test_items(cfg: SFTRun, tok, block_size: int, examples: dict | None = None) -> list:
     """The test conversations every column is asked: the first eval_items per task that fit the context."""
     return answerable(tok, (examples or eval_examples(cfg))["test"], block_size, cfg.eval_items)
-
-
-def first_per_task(examples: list, n: int) -> list:
-    """The first n examples of every task, in order."""
-    seen: dict[str, int] = {}
-    out = []
-    for ex in examples:
-        if seen.get(ex.task, 0) < n:
-            out.append(ex)
-            seen[ex.task] = seen.get(ex.task, 0) + 1
-    return out
 
 
 def run_sft(cfg: SFTRun) -> dict:

@@ -150,6 +150,38 @@ def test_arithmetic_answers_are_right():
     assert ops == {"+", "-"}
 
 
+ASKED = {"positive": ("正面", "好评", "positive"), "neutral": ("neutral",), "negative": ("负面", "差评", "negative")}
+
+
+def test_write_review_answers_are_real_texts_of_the_asked_sentiment_split_like_the_sentiment_tasks():
+    from llmpath.chat.evaluate import SCORED
+    from llmpath.data import split_indices
+
+    assert list(D.TASKS)[-1] == "write-review" and len(D.TASKS) == 9 and "write-review" not in SCORED
+    seen = set()
+    for split in D.SPLITS:
+        for e in of_task("write-review", split):
+            name, i = e.source_id.split(":")
+            data = load_classification(name)
+            label = {"neg": "negative", "pos": "positive"}.get(data.label_names[data.labels[int(i)]],
+                                                               data.label_names[data.labels[int(i)]])
+            assert answer(e) == data.texts[int(i)] and len(answer(e)) <= D.MAX_TEXT_CHARS
+            assert e.reference == label and e.lang == {"chinese-reviews": "zh", "tweets": "en"}[name]
+            user = next(m["content"] for m in e.messages if m["role"] == "user")
+            asked = [l for l, words in ASKED.items() if any(w in user for w in words)]
+            assert asked == [label], (user, label)  # the prompt names exactly the answer's sentiment
+            stage = split_indices(len(data), seed=0)[D.SPLITS.index(split)]
+            assert D.split_of(e.source_id) == split and int(i) in set(stage.tolist())
+            seen.add((name, label))
+    assert seen == {("chinese-reviews", "positive"), ("chinese-reviews", "negative"), ("tweets", "positive"),
+                    ("tweets", "neutral"), ("tweets", "negative")}
+    full = D.build_examples(max_per_task=None, max_eval=None, tasks=("sentiment-reviews", "write-review"))
+    for split, exs in full.items():  # the same items as the sentiment task (in full: one example per item)
+        reviews = {e.source_id for e in exs if e.task == "sentiment-reviews"}
+        assert reviews == {e.source_id for e in exs if e.task == "write-review" and e.lang == "zh"}, split
+    assert D.score("write-review", ["好评"], of_task("write-review", "test")[:1]) == {"n": 1}
+
+
 def test_scores_perfect_and_wrong_generations():
     for task in ("translate-zh-en", "translate-en-zh", "sentiment-reviews", "sentiment-tweets", "idiom-chain",
                  "arithmetic"):

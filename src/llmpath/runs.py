@@ -185,6 +185,7 @@ class Run:
     device: torch.device
     key: dict = field(default_factory=dict)  # the comparable config as asked, before sizes are resolved
     tokenizer: Any = None  # its state_dict() goes into every checkpoint: load_run needs nothing else
+    model_class: str = ""  # "llmpath.module:Class" when the run's model is not its topic's (a reward model)
 
     @property
     def figures(self) -> Path:
@@ -196,7 +197,11 @@ class Run:
     def meta(self) -> dict:
         """What every checkpoint of this run records besides weights and optimizer state."""
         tok = self.tokenizer.state_dict() if self.tokenizer is not None else None
-        return {"topic": self.topic, "config": to_dict(self.cfg), "tokenizer": tok}
+        meta = {"topic": self.topic, "config": to_dict(self.cfg), "tokenizer": tok}
+        if self.model_class:  # load_run builds this model from this config class, not the topic's
+            config_class = f"{type(self.cfg).__module__}:{type(self.cfg).__qualname__}"
+            meta["classes"] = {"model": self.model_class, "config": config_class}
+        return meta
 
     def finish(self, results: dict) -> dict:
         """Write results.json (with the comparable config, so `finished` recognises it) and config.json."""
@@ -209,11 +214,13 @@ class Run:
         return results
 
 
-def start_run(cfg: Any, topic: str, tokenizer: Any = None, key: dict | None = None) -> Run:
+def start_run(cfg: Any, topic: str, tokenizer: Any = None, key: dict | None = None, model_class: str = "") -> Run:
     """Logging, device, the folder <out>/<topic>/<name>/figures (checked and locked), seed and threads.
 
     `key` is the comparable config of the options as asked (default: cfg now); pass it when the
-    topic has already filled in sizes, so that the same request is recognised next time.
+    topic has already filled in sizes, so that the same request is recognised next time. `model_class`
+    ("llmpath.chat.reward:RewardModel") names the model when it is not the topic's; the checkpoints record it
+    with cfg's class, and load_run builds that model from that config.
     """
     setup_logging()
     device = get_device(cfg.device)
@@ -230,7 +237,7 @@ def start_run(cfg: Any, topic: str, tokenizer: Any = None, key: dict | None = No
             old.unlink(missing_ok=True)  # asked for: nothing of the replaced run can mix with the new one
     seed_everything(cfg.seed)
     set_threads(cfg.threads)
-    return Run(topic, path, cfg, device, key, tokenizer)
+    return Run(topic, path, cfg, device, key, tokenizer, model_class)
 
 
 def open_folder(cfg: Any, topic: str) -> Path:
@@ -289,10 +296,13 @@ def load_run(path: str | Path, device: torch.device | str = "cpu", which: str = 
         raise ConfigError(f"{path} holds a {written_by} model, written by `llmpath {written_by} train`; "
                           f"use it with llmpath {written_by} (this command needs a {topic} run)")
     t = TOPICS[written_by]
-    cfg = from_dict(_attr(t.config), ckpt["config"])
+    classes = {"config": t.config, "model": t.model, **(ckpt.get("classes") or {})}
+    if not all(isinstance(c, str) and c.startswith("llmpath.") and ":" in c for c in classes.values()):
+        raise ConfigError(f"{ckpt_path} names a model or config class outside llmpath; it is not an llmpath run")
+    cfg = from_dict(_attr(classes["config"]), ckpt["config"])
     if dropout is not None and hasattr(cfg.model, "dropout"):
         cfg.model.dropout = dropout
-    model = _attr(t.model)(cfg.model)
+    model = _attr(classes["model"])(cfg.model)
     model.load_state_dict(ckpt["model"])
     tok = _attr(t.tokenizer)(ckpt["tokenizer"]) if t.tokenizer and ckpt.get("tokenizer") is not None else None
     log.debug(f"loaded {written_by} run {path} ({which}.pt, step {ckpt.get('step')})")

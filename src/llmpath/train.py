@@ -115,7 +115,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 
 # --------------------------------------------------------------------- checkpoints
 
-def _rng_state() -> dict:
+def rng_state() -> dict:
     np_state = np.random.get_state(legacy=False)
     state = {
         "torch": torch.get_rng_state(),
@@ -129,7 +129,7 @@ def _rng_state() -> dict:
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     n = state["numpy"]
@@ -255,12 +255,12 @@ def evaluate_model(model: nn.Module, evaluate: Callable[[nn.Module], dict]) -> d
     """Run `evaluate` in eval mode without gradients, leaving the RNG streams untouched."""
     was_training = model.training
     model.eval()
-    state = _rng_state()
+    state = rng_state()
     try:
         with torch.no_grad():
             return {k: float(v) for k, v in evaluate(model).items()}
     finally:
-        _set_rng_state(state)
+        set_rng_state(state)
         model.train(was_training)
 
 
@@ -314,10 +314,10 @@ def fit(
             raise CheckpointError(f"{ckpt_dir / 'last.pt'} holds a model of another shape than these options build; "
                                   f"resume with the options it was trained with (its config.json)") from None
         step, best = ckpt["step"], ckpt.get("best")
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
         log.info(f"resumed from {ckpt_dir / 'last.pt'} at step {step}")
         if metrics_path is not None and metrics_path.exists() and lead:
-            _truncate_metrics(metrics_path, step)
+            truncate_metrics(metrics_path, step)
     elif metrics_path is not None and lead:
         metrics_path.write_text("")
     if run is not None and lead:
@@ -335,7 +335,7 @@ def fit(
                                     f" or keep --train.grad_clip on; {_last_good(ckpt_dir, saved)}")
             save_checkpoint({"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
                              "scheduler": {"step": step, "schedule": cfg.schedule}, "step": step, "best": best,
-                             "rng": _rng_state(), **meta}, ckpt_dir / f"{name}.pt")
+                             "rng": rng_state(), **meta}, ckpt_dir / f"{name}.pt")
         if name == "last":
             saved = step  # on every rank: they decide together whether a stop needs one more checkpoint
         if sync:
@@ -357,7 +357,7 @@ def fit(
     loss_ema, units, t_start, t_last = None, 0, time.time(), time.time()
     bar = _progress(cfg, end, step) if lead else None
     model.train()
-    stop = _StopFlag()
+    stop = StopFlag()
     try:
         stop.__enter__()
         while step < end:
@@ -493,14 +493,14 @@ def _resume_checkpoint(path: Path, meta: dict, device: Any) -> dict:
     return ckpt
 
 
-class _StopFlag:
+class StopFlag:
     """While training: the first Ctrl-C (SIGINT) is remembered, to stop at the end of the step; a second
     one raises KeyboardInterrupt at once. Only the main thread can install signal handlers."""
 
     def __init__(self) -> None:
         self.signum, self._old = 0, None
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> "StopFlag":
         if threading.current_thread() is threading.main_thread():
             self._old = signal.signal(signal.SIGINT, self._handle)
         return self
@@ -524,7 +524,7 @@ def _progress(cfg: TrainConfig, total: int, initial: int):
     return tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True, leave=False)
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
+def truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines written after the checkpoint we resume from."""
     rows = [line for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= step]

@@ -112,8 +112,15 @@ def stage1_answers(examples: list[Example], preset: str = "small", out: str = "r
     names = {e.source_id.partition(":")[0] for e in examples}
     if len(names) != 1 or not names <= {"chinese-reviews", "tweets"}:
         raise DataError(f"stage 1 labels reviews or tweets, one dataset at a time; got {', '.join(sorted(names))}")
-    vec, model, label_names, run = _stage1(names.pop(), preset, str(out))
-    pred = model.predict(vec.transform([source_text(e) for e in examples]))
+    return stage1_labels([source_text(e) for e in examples], names.pop(), preset, out)
+
+
+def stage1_labels(texts: list[str], dataset: str, preset: str = "small", out: str = "runs") -> tuple[list[str], str]:
+    """(stage 1's label of each text, "positive"/"negative"/"neutral"; the run folder it was read from, or "" when
+    trained here). `dataset` is the one its classifier learned: chinese-reviews or tweets. The alignment stage uses
+    it as a judge its reinforcement learning never saw."""
+    vec, model, label_names, run = _stage1(dataset, preset, str(out))
+    pred = model.predict(vec.transform(list(texts)))
     words = [{"neg": "negative", "pos": "positive"}.get(n, n) for n in label_names]
     return [words[k] for k in pred], run
 

@@ -7,6 +7,13 @@
     llmpath chat chat --say="1+1等于多少？"        # one answer, printed, no prompt loop
     llmpath chat data                            # the data card: examples per task and split
 
+    llmpath chat rm                              # a reward model on preference pairs (runs/chat/small-rm)
+    llmpath chat ppo                             # RLHF: PPO against that reward model (runs/chat/small-ppo)
+    llmpath chat dpo                             # DPO on the same pairs (runs/chat/small-dpo)
+    llmpath chat grpo                            # GRPO on arithmetic and the idiom chain (runs/chat/small-grpo)
+    llmpath chat align --workers=2               # all four, then SFT vs PPO vs DPO vs GRPO per task, both judges
+    llmpath chat pairs                           # the preference pairs: how many per kind and split
+
 `--preset=base` trains the larger base model the tutorial's transcripts come from (runs/chat/base, base-sft).
 """
 
@@ -23,7 +30,13 @@ import torch
 
 from llmpath.chat.base import PRESETS, BaseRun, mixture_table, pretrain_base
 from llmpath.chat.data import build_examples, data_card_table
+from llmpath.chat.align import align, align_checks, align_table
+from llmpath.chat.dpo import DPO_PRESETS, DPORun, run_dpo
 from llmpath.chat.finetune import SFT_PRESETS, SFTRun, compare, compare_table, run_sft
+from llmpath.chat.grpo import GRPO_PRESETS, GRPORun, run_grpo
+from llmpath.chat.ppo import PPO_PRESETS, PPORun, run_ppo
+from llmpath.chat.preferences import pair_card_table
+from llmpath.chat.reward import ALIGN_PRESETS, RM_PRESETS, AlignRun, RewardRun, run_rm
 from llmpath.chat.repl import ChatSession, decode_pieces, run_repl
 from llmpath.common import set_threads, setup_logging, write_json
 from llmpath.config import Command, ConfigError, RunConfig, opt
@@ -100,6 +113,56 @@ def data(cfg: SFTRun) -> str:
     return table
 
 
+def rm(cfg: RewardRun) -> dict:
+    """The reward model: Bradley-Terry on the preference pairs, from the SFT run."""
+    return run_rm(cfg)
+
+
+def ppo(cfg: PPORun) -> dict:
+    """RLHF with PPO on 写一条好评 against the reward model, judged again by stage 1's classifier."""
+    return run_ppo(cfg)
+
+
+def dpo(cfg: DPORun) -> dict:
+    """DPO on the preference pairs, from the SFT run."""
+    return run_dpo(cfg)
+
+
+def grpo(cfg: GRPORun) -> dict:
+    """GRPO with verifiable rewards on arithmetic and the idiom chain."""
+    return run_grpo(cfg)
+
+
+@dataclass
+class AlignChain(PPORun):
+    workers: int = opt(1, "runs side by side, one process each (use 2 on 2 cores, with --threads=1)", min=1,
+                       result=False)
+
+
+def align_cmd(cfg: AlignChain) -> dict:
+    """The reward model, DPO, PPO and GRPO from the SFT run, then the table: SFT vs PPO vs DPO vs GRPO."""
+    args = [f"--preset={cfg.preset or 'small'}", f"--out={cfg.out}", f"--seed={cfg.seed}", f"--fresh={cfg.fresh}",
+            "--threads=1" if cfg.workers > 1 else f"--threads={cfg.threads}"]
+    done = align(args, cfg.workers)
+    table = align_table(done)
+    folder = Path(cfg.out) / TOPIC / f"{cfg.preset or 'custom'}-align"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create {folder}: {e.strerror or e}; choose another --out") from None
+    write_json(folder / "results.json", {"table": table, "columns": done["columns"]})
+    (folder / "table.md").write_text(table + "\n", encoding="utf-8")
+    print(table)
+    return {"table": table, **done}
+
+
+def pairs(cfg: AlignRun) -> str:
+    """The preference pairs per kind and split (caps from the preset)."""
+    table = pair_card_table(cfg.pairs())
+    print(table)
+    return table
+
+
 # ---------------------------------------------------------------------------------------------- tour
 
 # response loss drop below the base's (nats/token); % of answers ending with <|im_end|>; the least gain in
@@ -121,7 +184,8 @@ def pretrain_ddp(args: list[str], processes: int) -> None:
 
 
 def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> StageResult:
-    """Stage 11 of `llmpath tour`: the base model, SFT with and without loss masking, the per-task table."""
+    """Stage 11 of `llmpath tour`: the base model, SFT with and without loss masking, the per-task table; then the
+    reward model, DPO, PPO and GRPO from that SFT run, and the table of all of them with both judges."""
     from llmpath.config import build_config
 
     args = [f"--preset={preset}", f"--out={out}", f"--fresh={fresh}", "--threads=1"]
@@ -148,8 +212,19 @@ def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> Stage
     table = (mixture_table(base) + "\n\n" + done["table"] +
              f"\n\n回答损失下降 {drop:.3f} nats/token；算术 {gains['arithmetic']:+.1f}、成语接龙 "
              f"{gains['idiom-chain']:+.1f} 个百分点（SFT − 基座少样本）\n\n" + shown)
-    return StageResult("response loss after SFT (nats/token)", s["response_loss"], bar, passed, table,
-                       [*base.get("figures", []), *s.get("figures", [])])
+    # part 2: the reward model and DPO, then PPO and GRPO, from the SFT run just made; then the table of all four
+    # (tiny runs take seconds: new worker processes would cost more than they save)
+    chain = align_cmd(build_config(AlignChain, [*args, f"--workers={1 if preset == 'tiny' else cores}"], PPO_PRESETS))
+    checks = align_checks(chain, preset)
+    ppo_after = chain["ppo"]["after"]
+    table += ("\n\n" + chain["table"] + "\n\n" + "\n".join(f"- {'✓' if ok else '✗'} {k}" for k, ok in checks.items())
+              + "\n\nPPO 之后的回答（写一条好评）：" + " / ".join(json.dumps(x, ensure_ascii=False)
+                                                     for x in ppo_after["samples"][:3]))
+    passed = passed and all(checks.values())
+    bar += "; then the alignment bars: " + "; ".join(checks)
+    figures = [*base.get("figures", []), *s.get("figures", [])]
+    figures += [f for k in ("rm", "dpo", "ppo", "grpo") for f in chain[k].get("figures", [])]
+    return StageResult("response loss after SFT (nats/token)", s["response_loss"], bar, passed, table, figures)
 
 
 def smoke() -> str:
@@ -190,4 +265,20 @@ COMMANDS = {
     "data": Command(data, SFTRun, "the data card: instruction examples per task and split",
                     examples=("llmpath chat data", "llmpath chat data --max_per_task=100000 --max_eval=100000"),
                     presets=SFT_PRESETS),
+    "rm": Command(rm, RewardRun, "a reward model (Bradley-Terry) on the preference pairs, from the SFT run",
+                  examples=("llmpath chat rm", "llmpath chat rm --margin=0.5 --name=small-rm-margin"),
+                  presets=RM_PRESETS),
+    "ppo": Command(ppo, PPORun, "RLHF: PPO on 写一条好评 against the reward model, with an independent judge",
+                   examples=("llmpath chat ppo", "llmpath chat ppo --kl_target=0.2 --name=small-ppo-adaptive"),
+                   presets=PPO_PRESETS),
+    "dpo": Command(dpo, DPORun, "DPO on the preference pairs, from the SFT run",
+                   examples=("llmpath chat dpo", "llmpath chat dpo --beta=0.5 --name=small-dpo-b05"),
+                   presets=DPO_PRESETS),
+    "grpo": Command(grpo, GRPORun, "GRPO with verifiable rewards on arithmetic and the idiom chain",
+                    examples=("llmpath chat grpo", "llmpath chat grpo --tasks=arithmetic --group_size=16"),
+                    presets=GRPO_PRESETS),
+    "align": Command(align_cmd, AlignChain, "reward model, PPO, DPO and GRPO, then the table of all four and SFT",
+                     examples=("llmpath chat align --workers=2",), presets=PPO_PRESETS),
+    "pairs": Command(pairs, AlignRun, "the preference pairs: how many per kind and split",
+                     examples=("llmpath chat pairs",), presets=ALIGN_PRESETS),
 }

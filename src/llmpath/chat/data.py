@@ -16,6 +16,8 @@ Tasks (the last assistant turn of every example is its answer; `reference` is wh
     arithmetic                  generated a+b and a-b (a >= b, so no negative answers), two- and three-digit operands
     chitchat-zh, chitchat-en    chatterbot-corpus dialogues, multi-turn where the source has turns (not scored here:
                                 sft.py measures the response loss)
+    write-review                asked for a review (zh) or tweet (en) of a sentiment, the answer is a real text of it,
+                                from the sentiment tasks' items and ids (so their split); not scored here either
 
 Leakage. Splits are by source item, never by example: `split_of(source_id)` depends on the id alone, not on the
 seed. Items that an earlier stage trained a model on keep that stage's split (reviews and tweets: stages 1 and 5,
@@ -36,7 +38,7 @@ have no instruction task. Characters of train text (+ val text, 5% of the docume
     tweets           2.98M (+159k)  29,758 tweets (the stage 1/5 train split)
     chatterbot       0.18M (+9k)    2,101 dialogues, Chinese and English, turns on separate lines
 
-All tasks in full (caps None): 94,660 train, 8,364 val and 8,313 test examples; `data_card_table` prints them.
+All tasks in full (caps None): 137,826 train, 13,762 val and 13,696 test examples; `data_card_table` prints them.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ TASKS = {  # name -> (name in the data card, source)
     "arithmetic": ("算术", "生成"),
     "chitchat-zh": ("闲聊 中文", "chatterbot-corpus"),
     "chitchat-en": ("闲聊 英文", "chatterbot-corpus"),
+    "write-review": ("写评论", "chinese-reviews, tweets"),
 }
 MAX_TEXT_CHARS = 200  # longer reviews/tweets would not fit a small model's context with the instruction
 ARITHMETIC_ITEMS = 20_000  # distinct problems drawn at most (the caps usually stop earlier)
@@ -121,6 +124,16 @@ TEMPLATES: dict[str, list[tuple[str, str | None, str, str]]] = {
         ("en", "We play the idiom chain game: answer an idiom that starts with the last character of mine.",
          "{idiom}", "{answer}"),
     ],
+    "write-review": [  # Chinese prompts get a chinese-reviews text, English ones a tweet (with neutral)
+        ("zh", None, "写一条{praise}。", "{text}"),
+        ("zh", None, "请写一条{label_zh}的评论。", "{text}"),
+        ("zh", None, "帮我写一条{label_zh}评价。", "{text}"),
+        ("zh", "你帮用户写网购和酒店的短评，只写评论本身。", "来一条{praise}。", "{text}"),
+        ("en", None, "Write a {label_en} tweet.", "{text}"),
+        ("en", None, "Give me an example of a {label_en} tweet.", "{text}"),
+        ("en", "You write short tweets with the sentiment the user asks for.", "A {label_en} tweet, please.",
+         "{text}"),
+    ],
     "arithmetic": [  # every answer starts with the result, so "the first integer" parses it
         ("zh", None, "计算：{a}{op}{b}=", "{c}"),
         ("zh", None, "{a}{op_zh}{b}等于多少？", "等于{c}。"),
@@ -135,11 +148,14 @@ CHAT_SYSTEMS = [(None, None), ("zh", "你是一个友好的聊天助手，回答
                 ("en", "You are a friendly assistant. Keep your answers short.")]
 LABEL_WORDS = {"negative": {"zh": "负面", "en": "negative"}, "neutral": {"zh": "中性", "en": "neutral"},
                "positive": {"zh": "正面", "en": "positive"}}
+PRAISE = {"positive": "好评", "negative": "差评"}  # what a shopper calls a good or a bad review
 
 
-def _example(task: str, source_id: str, fields: dict, reference: object, rng: random.Random) -> Example:
-    """Fill a randomly chosen template of the task with `fields`."""
-    lang, system, user, answer = rng.choice(TEMPLATES[task])
+def _example(task: str, source_id: str, fields: dict, reference: object, rng: random.Random,
+             lang: str | None = None) -> Example:
+    """Fill a randomly chosen template of the task (of language `lang` only, if given) with `fields`."""
+    templates = [t for t in TEMPLATES[task] if lang in (None, t[0])]
+    lang, system, user, answer = rng.choice(templates)
     messages = [{"role": "system", "content": system.format(**fields)}] if system else []
     messages += [{"role": "user", "content": user.format(**fields)},
                  {"role": "assistant", "content": answer.format(**fields)}]
@@ -274,18 +290,23 @@ def _idiom_chain(rng: random.Random) -> Iterator[Example]:
         yield _example("idiom-chain", f"idiom:{w}", fields, answers[w], rng)
 
 
+def _problem(rng: random.Random) -> tuple[int, int, str, str, int]:
+    """(a, b, op, item key, result) of one random a+b or a-b (a >= b), operands of two or three digits."""
+    a, b = (rng.randint(10, 99) if rng.random() < 0.5 else rng.randint(100, 999) for _ in range(2))
+    op = rng.choice("+-")
+    if op == "-" and a < b:
+        a, b = b, a
+    key = f"{min(a, b)}+{max(a, b)}" if op == "+" else f"{a}-{b}"  # a+b and b+a are one item
+    return a, b, op, key, a + b if op == "+" else a - b
+
+
 def _arithmetic(rng: random.Random) -> Iterator[Example]:
     seen: set[str] = set()
     while len(seen) < ARITHMETIC_ITEMS:
-        a, b = (rng.randint(10, 99) if rng.random() < 0.5 else rng.randint(100, 999) for _ in range(2))
-        op = rng.choice("+-")
-        if op == "-" and a < b:
-            a, b = b, a
-        key = f"{min(a, b)}+{max(a, b)}" if op == "+" else f"{a}-{b}"  # a+b and b+a are one item
+        a, b, op, key, c = _problem(rng)
         if key in seen:
             continue
         seen.add(key)
-        c = a + b if op == "+" else a - b
         fields = {"a": a, "b": b, "op": op, "op_zh": "加" if op == "+" else "减",
                   "op_en": "plus" if op == "+" else "minus", "c": c}
         yield _example("arithmetic", f"arith:{key}", fields, c, rng)
@@ -304,6 +325,36 @@ def _chitchat(lang: str) -> Callable[[random.Random], Iterator[Example]]:
     return build
 
 
+def _reviews_to_write(name: str, lang: str, rng: random.Random) -> Iterator[Example]:
+    """write-review examples of one source: a Chinese prompt for chinese-reviews, an English one for tweets."""
+    data = load_classification(name)
+    labels = [{"neg": "negative", "pos": "positive"}.get(n, n) for n in data.label_names]
+    order = list(range(len(data)))
+    rng.shuffle(order)
+    for i in order:
+        text, label = data.texts[i].strip(), labels[data.labels[i]]
+        if text and len(text) <= MAX_TEXT_CHARS:
+            fields = {"text": text, "praise": PRAISE.get(label, ""), "label_zh": LABEL_WORDS[label]["zh"],
+                      "label_en": LABEL_WORDS[label]["en"]}
+            yield _example("write-review", f"{name}:{i}", fields, label, rng, lang)
+
+
+def interleave(streams: list[Iterator], rng: random.Random) -> Iterator:
+    """Items of several iterators, each from a randomly chosen one, until all run out. [a, b], [x] -> a, x, b (say)"""
+    streams = list(streams)
+    while streams:
+        k = rng.randrange(len(streams))
+        try:
+            yield next(streams[k])
+        except StopIteration:
+            streams.pop(k)
+
+
+def _write_review(rng: random.Random) -> Iterator[Example]:
+    yield from interleave([_reviews_to_write("chinese-reviews", "zh", rng), _reviews_to_write("tweets", "en", rng)],
+                          rng)
+
+
 BUILDERS: dict[str, Callable[[random.Random], Iterator[Example]]] = {
     "translate-zh-en": _translation("zh-en"),
     "translate-en-zh": _translation("en-zh"),
@@ -313,6 +364,7 @@ BUILDERS: dict[str, Callable[[random.Random], Iterator[Example]]] = {
     "arithmetic": _arithmetic,
     "chitchat-zh": _chitchat("zh"),
     "chitchat-en": _chitchat("en"),
+    "write-review": _write_review,
 }
 
 
@@ -443,7 +495,8 @@ def idiom_valid(answer: str, prompt: str) -> bool:
 def score(task: str, generations: list[str], examples: list[Example]) -> dict:
     """Scores of generated answers, 0-100: translation BLEU and chrF (corpus level), sentiment accuracy, idiom
     validity (and `follows`: the answer starts with the right character, idiom or not), arithmetic exact match (and
-    `number`: the answer holds an integer, right or wrong). Chitchat gives only {"n": ...}: its response loss is measured in sft.py."""
+    `number`: the answer holds an integer, right or wrong). Chitchat and write-review give only {"n": ...}: their
+    response loss is measured in sft.py."""
     if task not in TASKS:
         raise DataError(f"unknown task '{task}'; choose from: {', '.join(TASKS)}")
     if not examples:

@@ -25,7 +25,7 @@ from llmpath.chat.template import CHAT_TOKENS
 from llmpath.common import count_params, log, map_processes, markdown_table, setup_logging
 from llmpath.config import ConfigError, opt
 from llmpath.plotting import save_fig, training_curves
-from llmpath.runs import comparable_config, load_run, reuse, run_path, start_run, sub_config
+from llmpath.runs import comparable_config, load_run, reuse, start_run, sub_config
 from llmpath.train import fit, read_metrics
 
 

@@ -47,8 +47,10 @@ class DPORun(AlignRun):
 DPO_PRESETS: dict[str, dict] = {
     "tiny": {**ALIGN_PRESETS["tiny"], "train.lr": 1e-4, "train.max_steps": 10, "train.batch_size": 8,
              "train.eval_interval": 5, "max_pairs": 16, "max_eval_pairs": 4},
-    "small": {**ALIGN_PRESETS["small"], "train.lr": 1e-4, "train.max_steps": 200, "train.batch_size": 16,
+    "small": {**ALIGN_PRESETS["small"], "train.lr": 1e-4, "train.max_steps": 100, "train.batch_size": 16,
               "train.eval_interval": 50, "max_pairs": 2000, "max_eval_pairs": 100},
+    "base": {**ALIGN_PRESETS["base"], "train.lr": 1e-4, "train.max_steps": 600, "train.batch_size": 16,
+             "train.eval_interval": 150},
 }
 
 

@@ -71,8 +71,10 @@ class GRPORun(AlignRun):
 GRPO_PRESETS: dict[str, dict] = {
     "tiny": {**ALIGN_PRESETS["tiny"], "train.lr": 1e-4, "train.max_steps": 3, "train.batch_size": 2,
              "train.eval_interval": 3, "train.warmup_steps": 0, "group_size": 4, "max_new_tokens": 8},
-    "small": {**ALIGN_PRESETS["small"], "train.lr": 3e-5, "train.max_steps": 60, "train.batch_size": 8,
+    "small": {**ALIGN_PRESETS["small"], "train.lr": 3e-5, "train.max_steps": 20, "train.batch_size": 8,
               "train.eval_interval": 20, "train.warmup_steps": 0, "max_new_tokens": 16},
+    "base": {**ALIGN_PRESETS["base"], "train.lr": 3e-5, "train.max_steps": 100, "train.batch_size": 8,
+             "train.eval_interval": 50, "train.warmup_steps": 0, "max_new_tokens": 16},
 }
 
 
@@ -170,6 +172,7 @@ def run_grpo(cfg: GRPORun) -> dict:
              f"{cfg.train.max_steps} iterations of {cfg.train.batch_size} prompts x {cfg.group_size} answers -> "
              f"{run.path}")
     evals = state.get("evals", [{"step": 0, **before["scores"]}])
+    last = None  # the newest evaluation's full report
     t0 = time.time()
     policy.train()
     end = min(cfg.train.max_steps, cfg.train.stop_at) if cfg.train.stop_at > 0 else cfg.train.max_steps
@@ -181,7 +184,8 @@ def run_grpo(cfg: GRPORun) -> dict:
             step += 1
             loop.record(row)
             if step % max(cfg.train.eval_interval, 1) == 0 or step == cfg.train.max_steps:
-                ev = {"step": step, **task_scores(policy, tok, items, cfg)["scores"]}
+                last = task_scores(policy, tok, items, cfg)
+                ev = {"step": step, **last["scores"]}
                 evals.append(ev)
                 loop.record({**ev, "eval": True})
                 log.info(f"iteration {step}: " + ", ".join(f"{t} {v:.1f}" for t, v in ev.items() if t != "step"))
@@ -194,7 +198,7 @@ def run_grpo(cfg: GRPORun) -> dict:
         return {"steps": step, "stopped": True}
     # the final policy is the run's model: what load_run and `llmpath chat chat --run=` read
     loop.save(step, {"evals": evals}, name="best")
-    after = task_scores(policy, tok, items, cfg)
+    after = last if last is not None else task_scores(policy, tok, items, cfg)  # (a resumed run that had ended)
     rows = [r for r in read_metrics(loop.metrics) if not r.get("eval")]
     fig = save_fig(curves_figure(rows, "GRPO：可验证奖励"), run.figures / "curves.png")
     summary = {"sft": str(cfg.base_path()), "params": count_params(policy), "steps": step,

@@ -75,8 +75,10 @@ PPO_PRESETS: dict[str, dict] = {
     "tiny": {**ALIGN_PRESETS["tiny"], "train.lr": 1e-4, "train.max_steps": 3, "train.batch_size": 4,
              "train.eval_interval": 3, "train.warmup_steps": 0, "minibatch": 4, "max_new_tokens": 8,
              "eval_samples": 4, "max_pairs": 16, "max_eval_pairs": 4, "judge_preset": "tiny"},
-    "small": {**ALIGN_PRESETS["small"], "train.lr": 3e-5, "train.max_steps": 40, "train.batch_size": 16,
+    "small": {**ALIGN_PRESETS["small"], "train.lr": 3e-5, "train.max_steps": 20, "train.batch_size": 16,
               "train.eval_interval": 10, "train.warmup_steps": 0, "max_new_tokens": 48},
+    "base": {**ALIGN_PRESETS["base"], "train.lr": 3e-5, "train.max_steps": 60, "train.batch_size": 16,
+             "train.eval_interval": 20, "train.warmup_steps": 0, "max_new_tokens": 48},
 }
 
 

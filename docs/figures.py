@@ -116,6 +116,11 @@ DIAGRAMS: dict[str, str] = {
     # chapter 11
     "11_template_mask.png": "llmpath.chat.figures:template_mask_figure",
     "11_packing.png": "llmpath.chat.figures:packing_figure",
+
+    # chapter 12
+    "12_rlhf_loop.png": "llmpath.chat.figures:rlhf_loop_figure",
+    "12_kl_estimators.png": "llmpath.chat.figures:kl_estimators_figure",
+    "12_gae.png": "llmpath.chat.figures:gae_figure",
 }
 
 

@@ -1,4 +1,5 @@
-"""Stage 11, part 2: the reward model, DPO, PPO and GRPO on the tiny preset, and their pieces against references."""
+"""Chapter 12 (the chat stage's second half): reward model, DPO, PPO and GRPO on the tiny preset, and their pieces
+against references."""
 
 import copy
 import math

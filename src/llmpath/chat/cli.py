@@ -10,7 +10,7 @@
     llmpath chat rm                              # a reward model on preference pairs (runs/chat/small-rm)
     llmpath chat ppo                             # RLHF: PPO against that reward model (runs/chat/small-ppo)
     llmpath chat dpo                             # DPO on the same pairs (runs/chat/small-dpo)
-    llmpath chat grpo                            # GRPO on arithmetic and the idiom chain (runs/chat/small-grpo)
+    llmpath chat grpo                            # GRPO on the checkable tasks (runs/chat/small-grpo)
     llmpath chat align --workers=2               # all four, then SFT vs PPO vs DPO vs GRPO per task, both judges
     llmpath chat pairs                           # the preference pairs: how many per kind and split
 
@@ -129,7 +129,7 @@ def dpo(cfg: DPORun) -> dict:
 
 
 def grpo(cfg: GRPORun) -> dict:
-    """GRPO with verifiable rewards on arithmetic and the idiom chain."""
+    """GRPO with verifiable rewards on the tasks whose answers a program checks (arithmetic, idioms, sentiment)."""
     return run_grpo(cfg)
 
 
@@ -274,7 +274,7 @@ COMMANDS = {
     "dpo": Command(dpo, DPORun, "DPO on the preference pairs, from the SFT run",
                    examples=("llmpath chat dpo", "llmpath chat dpo --beta=0.5 --name=small-dpo-b05"),
                    presets=DPO_PRESETS),
-    "grpo": Command(grpo, GRPORun, "GRPO with verifiable rewards on arithmetic and the idiom chain",
+    "grpo": Command(grpo, GRPORun, "GRPO with verifiable rewards: arithmetic, the idiom chain, sentiment labels",
                     examples=("llmpath chat grpo", "llmpath chat grpo --tasks=arithmetic --group_size=16"),
                     presets=GRPO_PRESETS),
     "align": Command(align_cmd, AlignChain, "reward model, PPO, DPO and GRPO, then the table of all four and SFT",

@@ -120,7 +120,7 @@ def grpo_iteration(policy: nn.Module, ref: nn.Module, tok, examples: list, optim
     groups = rewards.view(-1, G)
     return {**out, "reward": float(rewards.mean()), "correct": 100 * float(correct.mean()),
             "kl": float(((old_logp - ref_logp) * mask).sum() / mask.sum().clamp(min=1)),
-            "learning_groups": 100 * float((groups.std(1) > 0).float().mean()),  # groups with any signal
+            "learning_groups": 100 * float((groups.std(1) > 0).float().mean()),  # groups whose rewards differ
             "length": float(ro.answer_lengths.mean()), "ended": 100 * float(ro.ended.float().mean())}
 
 
@@ -137,7 +137,7 @@ def curves_figure(rows: list[dict], title: str):
     use_cjk()
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.2))
     for ax, (key, name) in zip(axes, [("reward", "平均奖励"), ("correct", "答对比例 %"), ("kl", "每词元 KL"),
-                                      ("learning_groups", "有信号的组 %")]):
+                                      ("learning_groups", "奖励不全相同的组 %")]):
         ax.plot([r["step"] for r in rows], [r[key] for r in rows])
         ax.set(title=name, xlabel="迭代")
         ax.grid(alpha=0.3)

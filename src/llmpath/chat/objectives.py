@@ -13,7 +13,7 @@ T positions, V the vocabulary; a mask (B, T) is 1 on the response tokens that co
   -100); sequence_logprobs sums them over the response: log pi(y|x), the number DPO compares between models.
 - Masked statistics. masked_mean averages over the response tokens only. masked_whiten rescales to mean 0,
   variance 1: (x - mean) / sqrt(var + eps), with the unbiased variance (divides by n - 1); PPO whitens its
-  advantages so and its rewards keeping their mean (shift_mean=False).
+  advantages so; shift_mean=False keeps the mean (some PPO implementations whiten rewards that way; ours does not).
 - entropy: H = -sum_v p(v) log p(v) of each next-token distribution, averaged over the response. RL watches it:
   when it collapses the policy has stopped exploring.
 - Bradley-Terry (reward model): P(chosen beats rejected) = sigmoid(r_c - r_r), so the loss is

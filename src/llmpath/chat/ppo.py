@@ -94,8 +94,9 @@ def review_prompts(cfg: AlignRun, tok, split: str, label: str = "positive") -> l
 def review_report(policy: nn.Module, ref: nn.Module, rm: RewardModel, tok, prompts: list[list[int]], n: int,
                   max_new_tokens: int, temperature: float = 1.0, seed: int = 0, judge_preset: str = "small",
                   out: str = "runs", show: int = 4) -> dict:
-    """Answers to n held-out prompts (sampled, a fixed generator): mean reward, the stage-1 judge's positive rate, KL
-    per token to the reference, answer length, % closed with <|im_end|>, and the first `show` answers."""
+    """Answers to n held-out prompts (sampled, a fixed generator): mean reward (the reward model's score alone, without
+    the training's end penalty), the stage-1 judge's positive rate, KL per token to the reference, answer length, %
+    closed with <|im_end|>, and the first `show` answers."""
     g = torch.Generator().manual_seed(seed)
     ro = sample(policy, tok, prompts[:n] if len(prompts) >= n else (prompts * n)[:n], 1, max_new_tokens,
                 temperature, generator=g)
@@ -180,7 +181,7 @@ def run_ppo(cfg: PPORun) -> dict:
         return done
     key = comparable_config(cfg)
     policy, tok, sft_cfg = load_sft(cfg, dropout=0.0)
-    rm, rm_tok = load_reward_model(cfg.reward_path())
+    rm, rm_tok = load_reward_model(cfg.reward_path(), dropout=0.0)  # the critic, its copy, must not be noisy
     if rm_tok.state_dict() != tok.state_dict():
         raise ConfigError(f"{cfg.reward_path()} was trained from another SFT run (another tokenizer); train the "
                           f"reward model from {cfg.base_path()}: llmpath chat rm --init_from={cfg.base_path()}")

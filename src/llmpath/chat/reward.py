@@ -190,6 +190,7 @@ class RewardRun(AlignRun):
 
 _ALIGN = {"train.warmup_steps": 10, "train.schedule": "cosine", "train.min_lr_ratio": 0.1}
 ALIGN_PRESETS: dict[str, dict] = {name: {**SFT_PRESETS[name], **_ALIGN} for name in SFT_PRESETS}
+ALIGN_PRESETS["small"]["max_eval_pairs"] = 100  # every run of the small chain is judged on the same pairs
 RM_PRESETS: dict[str, dict] = {
     "tiny": {**ALIGN_PRESETS["tiny"], "train.lr": 1e-3, "train.max_steps": 10, "train.batch_size": 8,
              "train.eval_interval": 5, "max_pairs": 16, "max_eval_pairs": 4},
@@ -240,9 +241,9 @@ def run_rm(cfg: RewardRun) -> dict:
     return summary
 
 
-def load_reward_model(path: str | Path) -> tuple[RewardModel, object]:
-    """(reward model in eval mode, tokenizer) of a reward run."""
-    model, tok, _ = load_run(path, topic=TOPIC, hint="llmpath chat rm")
+def load_reward_model(path: str | Path, dropout: float | None = None) -> tuple[RewardModel, object]:
+    """(reward model in eval mode, tokenizer) of a reward run; `dropout` replaces the run's own."""
+    model, tok, _ = load_run(path, topic=TOPIC, hint="llmpath chat rm", dropout=dropout)
     if not isinstance(model, RewardModel):
         raise ConfigError(f"{path} holds a chat model, not a reward model; train one with `llmpath chat rm`")
     return model, tok

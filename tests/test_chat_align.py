@@ -170,3 +170,38 @@ def test_grpo_rewards_only_what_checks_out():
     tweet = next(e for e in ex if e.task == "sentiment-tweets")
     other = next(w for w in ("positive", "neutral", "negative") if w != tweet.reference)
     assert verify("sentiment-tweets", tweet.reference, tweet) and not verify("sentiment-tweets", other, tweet)
+
+
+def _record(item):
+    """A job for map_after: appends its name to a log file and returns it (module level: it runs in workers)."""
+    name, log = item
+    with open(log, "a") as f:
+        f.write(name + "\n")
+    return name.upper()
+
+
+def test_map_after_starts_each_item_only_after_the_ones_it_waits_for(tmp_path):
+    from llmpath.common import map_after
+
+    log = tmp_path / "order.txt"
+    items = {n: (n, str(log)) for n in ("ppo", "rm", "dpo", "col")}
+    after = {"ppo": ("rm",), "col": ("ppo", "dpo")}
+    assert map_after(_record, items, after) == {"rm": "RM", "dpo": "DPO", "ppo": "PPO", "col": "COL"}
+    order = log.read_text().split()
+    assert order.index("rm") < order.index("ppo") < order.index("col") and order.index("dpo") < order.index("col")
+    with pytest.raises(ValueError, match="wait on each other"):
+        map_after(_record, items, {"rm": ("ppo",), "ppo": ("rm",)})
+    with pytest.raises(ValueError, match="not an item"):
+        map_after(_record, items, {"rm": ("sft",)})
+
+
+def test_grpo_reads_the_sft_runs_own_scores_only_where_they_are_the_same_numbers(chain):
+    from llmpath.chat.finetune import eval_examples, test_items
+    from llmpath.chat.grpo import sft_scores, task_scores
+
+    out, _ = chain
+    cfg = _cfg(GRPORun, GRPO_PRESETS, out)
+    model, tok, _ = load_run(out / "chat" / "tiny-sft", topic="chat")
+    items = test_items(cfg, tok, model.cfg.block_size, eval_examples(cfg))
+    assert sft_scores(cfg) == task_scores(model, tok, items, cfg)["scores"]
+    assert sft_scores(_cfg(GRPORun, GRPO_PRESETS, out, "--eval_items=3")) is None  # asked otherwise: computed anew

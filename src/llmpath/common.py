@@ -61,6 +61,43 @@ def map_processes(fn: Callable[[Any], Any], items: list, workers: int = 1) -> li
         return list(ex.map(fn, items))
 
 
+def map_after(fn: Callable[[Any], Any], items: dict[str, Any], after: dict[str, tuple[str, ...]],
+              workers: int = 1) -> dict[str, Any]:
+    """{name: fn(item)} where each item starts once the items named in after[name] have finished, in the order
+    given (put long ones first); workers > 1: that many spawned processes, a worker taking the next ready item as
+    soon as it is free. map_after(train, {"rm": a, "ppo": b}, {"ppo": ("rm",)}, workers=2)"""
+    if unknown := [d for deps in after.values() for d in deps if d not in items]:
+        raise ValueError(f"'{unknown[0]}' is waited for but is not an item")
+    done: dict[str, Any] = {}
+    pending = list(items)
+
+    def ready() -> list[str]:
+        return [n for n in pending if all(d in done for d in after.get(n, ()))]
+
+    if workers <= 1:
+        while pending:
+            if not (now := ready()):
+                raise ValueError(f"items wait on each other: {', '.join(pending)}")
+            done[now[0]] = fn(items[now[0]])
+            pending.remove(now[0])
+        return {n: done[n] for n in items}
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+        running: dict = {}
+        while pending or running:
+            for n in ready():
+                running[ex.submit(fn, items[n])] = n
+                pending.remove(n)
+            if not running:
+                raise ValueError(f"items wait on each other: {', '.join(pending)}")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in finished:
+                done[running.pop(f)] = f.result()
+    return {n: done[n] for n in items}
+
+
 class _CurrentStderr(logging.StreamHandler):
     """Writes to whatever sys.stderr is at the moment (a notebook, a test's capture), never a closed one."""
 

@@ -22,7 +22,7 @@ from llmpath.chat.finetune import eval_examples, test_items
 from llmpath.chat.grpo import GRPO_PRESETS, GRPORun, run_grpo
 from llmpath.chat.ppo import PPO_PRESETS, PPORun, review_prompts, review_report, run_ppo
 from llmpath.chat.reward import RM_PRESETS, AlignRun, RewardRun, load_reward_model, load_sft, run_rm
-from llmpath.common import map_processes, markdown_table, setup_logging
+from llmpath.common import map_after, markdown_table, setup_logging
 from llmpath.config import build_config
 from llmpath.runs import load_run
 
@@ -31,16 +31,18 @@ RUNNERS = {"rm": (RewardRun, RM_PRESETS, run_rm), "dpo": (DPORun, DPO_PRESETS, r
 COLUMNS = {"sft": "SFT", "ppo": "PPO", "dpo": "DPO", "grpo": "GRPO"}
 
 
-def _train(job: tuple[str, list[str]]) -> dict:
-    """One training run of the chain from its command-line options (module level: it runs in a worker process)."""
-    kind, args = job
-    cls, presets, fn = RUNNERS[kind]
-    return fn(build_config(cls, args, presets))
+def _job(job: tuple) -> dict:
+    """A training run of the chain from its command-line options, or one column of the table (module level: it runs
+    in a worker process)."""
+    if job[0] == "train":
+        _, kind, args = job
+        cls, presets, fn = RUNNERS[kind]
+        return fn(build_config(cls, args, presets))
+    return _column(*job[1:])
 
 
-def _column(job: tuple[str, str, AlignRun]) -> dict:
+def _column(kind: str, path: str, cfg: AlignRun) -> dict:
     """One column: a policy's greedy scores on the checkable tasks and its 写一条好评 answers judged twice."""
-    kind, path, cfg = job
     setup_logging()
     sft, tok, _ = load_sft(cfg)
     policy = sft if kind == "sft" else load_run(path, topic=TOPIC)[0]
@@ -53,15 +55,15 @@ def _column(job: tuple[str, str, AlignRun]) -> dict:
 
 
 def align(args: list[str], workers: int = 1) -> dict:
-    """Train the reward model and DPO, then PPO and GRPO (each reused when finished), then score every column."""
-    done = dict(zip(("rm", "dpo"), map_processes(_train, [("rm", args), ("dpo", args)], workers)))
-    done.update(zip(("ppo", "grpo"), map_processes(_train, [("ppo", args), ("grpo", args)], workers)))
+    """Train the reward model, DPO, GRPO and (after the reward model) PPO, each reused when finished; then score
+    every column (each after its model and the reward model). A free worker takes the next job that is ready."""
     cfg = build_config(PPORun, args, PPO_PRESETS)
-    out = Path(cfg.out) / TOPIC
-    p = cfg.preset or "small"
-    jobs = [(k, str(out / f"{p}-{k}"), cfg) for k in COLUMNS]
-    done["columns"] = dict(zip(COLUMNS, map_processes(_column, jobs, workers)))
-    return done
+    out = Path(cfg.out) / TOPIC / (cfg.preset or "small")
+    jobs = {k: ("train", k, args) for k in ("dpo", "rm", "grpo", "ppo")}  # the longest first
+    jobs |= {f"column-{k}": ("column", k, f"{out}-{k}", cfg) for k in COLUMNS}
+    after = {"ppo": ("rm",), **{f"column-{k}": ("rm",) + ((k,) if k != "sft" else ()) for k in COLUMNS}}
+    done = map_after(_job, jobs, after, workers)
+    return {**{k: done[k] for k in RUNNERS}, "columns": {k: done[f"column-{k}"] for k in COLUMNS}}
 
 
 def _f(x, digits: int = 1) -> str:

@@ -40,7 +40,7 @@ from llmpath.chat.objectives import (clipped_surrogate, entropy, group_advantage
                                      token_logprobs)
 from llmpath.chat.reward import ALIGN_PRESETS, AlignRun, load_sft
 from llmpath.chat.rollout import LoopCheckpoint, StopFlag, chat_prompt, per_token_kl, response_logprobs, sample
-from llmpath.common import count_params, log, setup_logging
+from llmpath.common import count_params, log, read_json, setup_logging
 from llmpath.config import ConfigError, opt
 from llmpath.plotting import save_fig, use_cjk
 from llmpath.runs import comparable_config, reuse, start_run
@@ -130,6 +130,23 @@ def task_scores(model: nn.Module, tok, items: list, cfg: GRPORun) -> dict:
     return {"scores": {t: rep["tasks"][t][SCORED[t]] for t in rep["tasks"] if t in SCORED}, "report": rep}
 
 
+def sft_scores(cfg: GRPORun) -> dict | None:
+    """The SFT run's own scores of cfg's tasks, from its results.json, when it answered the very items GRPO tests on
+    the same way (same seed, test caps, items per task and answer length); else None. Greedy answers of the same
+    weights: computing them again would give the same numbers."""
+    path = cfg.base_path() / "results.json"
+    if not path.exists():
+        return None
+    done = read_json(path)
+    same = ("seed", "max_eval", "eval_items", "max_new_tokens")
+    if any(done.get("config", {}).get(k) != getattr(cfg, k) for k in same):
+        return None
+    tasks = done.get("tasks", {})
+    if not all(t in tasks and SCORED[t] in tasks[t] for t in cfg.task_list()):
+        return None
+    return {t: tasks[t][SCORED[t]] for t in cfg.task_list()}
+
+
 def curves_figure(rows: list[dict], title: str):
     """Reward, % correct, KL per token and the share of groups that teach something, over the iterations."""
     import matplotlib.pyplot as plt
@@ -162,7 +179,7 @@ def run_grpo(cfg: GRPORun) -> dict:
     block = policy.cfg.block_size
     train = [e for e in ex["train"] if len(chat_prompt(tok, e.messages[:-1])) + cfg.max_new_tokens <= block]
     items = test_items(cfg, tok, block, ex)
-    before = task_scores(policy, tok, items, cfg)
+    before = sft_scores(cfg) or task_scores(policy, tok, items, cfg)["scores"]
     # model_class: the checkpoints record this run's config class, so load_run rebuilds the policy from them
     run = start_run(cfg, TOPIC, tokenizer=tok, key=key, model_class="llmpath.llama.model:Llama")
     optimizer = make_optimizer(policy, replace(cfg.train, weight_decay=0.0))
@@ -171,7 +188,7 @@ def run_grpo(cfg: GRPORun) -> dict:
     log.info(f"GRPO of {cfg.base_path()} ({count_params(policy):,} parameters) on {', '.join(cfg.task_list())}: "
              f"{cfg.train.max_steps} iterations of {cfg.train.batch_size} prompts x {cfg.group_size} answers -> "
              f"{run.path}")
-    evals = state.get("evals", [{"step": 0, **before["scores"]}])
+    evals = state.get("evals", [{"step": 0, **before}])
     last = None  # the newest evaluation's full report
     t0 = time.time()
     policy.train()
@@ -202,12 +219,12 @@ def run_grpo(cfg: GRPORun) -> dict:
     rows = [r for r in read_metrics(loop.metrics) if not r.get("eval")]
     fig = save_fig(curves_figure(rows, "GRPO：可验证奖励"), run.figures / "curves.png")
     summary = {"sft": str(cfg.base_path()), "params": count_params(policy), "steps": step,
-               "seconds": round(time.time() - t0, 1), "before": before["scores"], "after": after["scores"],
+               "seconds": round(time.time() - t0, 1), "before": before, "after": after["scores"],
                "kl": per_token_kl(policy, ref, sample(policy, tok, [chat_prompt(tok, e.messages[:-1]) for e in items],
                                                       1, cfg.max_new_tokens, cfg.temperature,
                                                       generator=torch.Generator().manual_seed(cfg.seed))),
                "transcripts": after["report"]["transcripts"], "evals": evals, "figures": [fig]}
     summary = run.finish(summary)
-    log.info("GRPO: " + ", ".join(f"{t} {before['scores'][t]:.1f} -> {after['scores'][t]:.1f}"
+    log.info("GRPO: " + ", ".join(f"{t} {before[t]:.1f} -> {after['scores'][t]:.1f}"
                                   for t in after["scores"]) + f"; KL {summary['kl']:.3f} nats/token")
     return summary

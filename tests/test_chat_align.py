@@ -88,13 +88,15 @@ def test_dpo_starts_at_exactly_ln2_and_answer_logprobs_ignore_padding(chain):
     loss, chosen, rejected, _ = dpo_batch(sft, copy.deepcopy(sft), batch, beta=0.1)
     assert loss.item() == pytest.approx(math.log(2), abs=1e-7) and not chosen.any() and not rejected.any()
     ids, mask, lengths = batch
+    torch.set_grad_enabled(False)  # (restored below) plain numbers: nothing here is trained
     lp = answer_logprobs(sft, ids, mask)
     for i in range(len(kept)):
         for s in (0, 1):
             L = int(lengths[i, s])
             logits, _ = sft(ids[i, s, :L - 1][None])
             want = torch.log_softmax(logits[0], -1).gather(1, ids[i, s, 1:L, None])[:, 0]
-            assert lp[i, s].detach().item() == pytest.approx(float((want * mask[i, s, 1:L]).sum()), abs=1e-4)
+            assert lp[i, s].item() == pytest.approx(float((want * mask[i, s, 1:L]).sum()), abs=1e-4)
+    torch.set_grad_enabled(True)
 
 
 def test_the_chain_runs_and_load_run_reads_every_model(chain):

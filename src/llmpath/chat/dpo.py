@@ -19,7 +19,7 @@ grow, and it often grows by pushing both answers down, the rejected faster (the 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -130,14 +130,12 @@ def logp_figure(rows: list[dict], title: str):
 def run_dpo(cfg: DPORun) -> dict:
     """DPO from the SFT run on the preference pairs (or the finished run reused); the summary."""
     setup_logging()
-    cfg.check()
-    if cfg.name in ("", cfg.preset or "default"):
-        cfg = replace(cfg, name=cfg.default_name())
+    cfg = cfg.resolved()
     if (done := reuse(cfg, TOPIC)) is not None:
         return done
     key = comparable_config(cfg)
     policy, tok, sft_cfg = load_sft(cfg, dropout=0.0)  # dropout would make π ≠ π_ref at the start
-    cfg = replace(cfg, model=replace(policy.cfg), bpe_vocab_size=sft_cfg.bpe_vocab_size, weights=sft_cfg.weights)
+    cfg = cfg.shaped_like(policy, sft_cfg)
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
     pairs = cfg.pairs()
     batches = PairBatches(tok, pairs["train"], cfg.train.batch_size, policy.cfg.block_size, seed=cfg.seed)

@@ -59,6 +59,16 @@ class SFTRun(BaseRun):
         return f"{self.preset or 'custom'}-sft" + ("-nomask" if self.mask_everything else "") + \
             ("-pack" if self.pack else "")
 
+    def resolved(self) -> "SFTRun":
+        """Checked, and named after its options when no --name was given: a run beside the one it starts from,
+        never in its folder."""
+        self.check()
+        return replace(self, name=self.default_name()) if self.name in ("", self.preset or "default") else self
+
+    def shaped_like(self, model, cfg) -> "SFTRun":
+        """This config with the model shape, vocabulary and mixture of the run it starts from (model, its config)."""
+        return replace(self, model=replace(model.cfg), bpe_vocab_size=cfg.bpe_vocab_size, weights=cfg.weights)
+
 
 # The SFT recipe per base preset: the base's shape comes from its run; these set the data and the schedule.
 # Learning rate 2e-3 (two fifths of pretraining's): the model should learn the format without forgetting the languages.
@@ -96,14 +106,12 @@ def test_items(cfg: SFTRun, tok, block_size: int, examples: dict | None = None) 
 def run_sft(cfg: SFTRun) -> dict:
     """Finetune the base run on the instruction examples (or reuse the finished run); the run's summary."""
     setup_logging()
-    cfg.check()
-    if cfg.name in ("", cfg.preset or "default"):  # not named: beside the base run, not in its folder
-        cfg = replace(cfg, name=cfg.default_name())
+    cfg = cfg.resolved()
     if (done := reuse(cfg, TOPIC)) is not None:
         return done
     key = comparable_config(cfg)
     model, tok, base_cfg = load_base(cfg, dropout=cfg.model.dropout)
-    cfg = replace(cfg, model=replace(model.cfg), bpe_vocab_size=base_cfg.bpe_vocab_size, weights=base_cfg.weights)
+    cfg = cfg.shaped_like(model, base_cfg)
     ex = eval_examples(cfg)
     block = model.cfg.block_size
     val, test = first_per_task(ex["val"], cfg.val_items), test_items(cfg, tok, block, ex)

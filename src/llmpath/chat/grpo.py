@@ -166,14 +166,12 @@ def curves_figure(rows: list[dict], title: str):
 def run_grpo(cfg: GRPORun) -> dict:
     """GRPO from the SFT run on the verifiable tasks (or the finished run reused); the summary."""
     setup_logging()
-    cfg.check()
-    if cfg.name in ("", cfg.preset or "default"):
-        cfg = replace(cfg, name=cfg.default_name())
+    cfg = cfg.resolved()
     if (done := reuse(cfg, TOPIC)) is not None:
         return done
     key = comparable_config(cfg)
     policy, tok, sft_cfg = load_sft(cfg, dropout=0.0)
-    cfg = replace(cfg, model=replace(policy.cfg), bpe_vocab_size=sft_cfg.bpe_vocab_size, weights=sft_cfg.weights)
+    cfg = cfg.shaped_like(policy, sft_cfg)
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
     ex = eval_examples(cfg)
     block = policy.cfg.block_size

@@ -174,9 +174,7 @@ def curves_figure(rows: list[dict], evals: list[dict], title: str):
 def run_ppo(cfg: PPORun) -> dict:
     """PPO from the SFT run against the reward run (or the finished run reused); the summary."""
     setup_logging()
-    cfg.check()
-    if cfg.name in ("", cfg.preset or "default"):
-        cfg = replace(cfg, name=cfg.default_name())
+    cfg = cfg.resolved()
     if (done := reuse(cfg, TOPIC)) is not None:
         return done
     key = comparable_config(cfg)
@@ -185,7 +183,7 @@ def run_ppo(cfg: PPORun) -> dict:
     if rm_tok.state_dict() != tok.state_dict():
         raise ConfigError(f"{cfg.reward_path()} was trained from another SFT run (another tokenizer); train the "
                           f"reward model from {cfg.base_path()}: llmpath chat rm --init_from={cfg.base_path()}")
-    cfg = replace(cfg, model=replace(policy.cfg), bpe_vocab_size=sft_cfg.bpe_vocab_size, weights=sft_cfg.weights)
+    cfg = cfg.shaped_like(policy, sft_cfg)
     ref = copy.deepcopy(policy).eval().requires_grad_(False)
     rm.eval().requires_grad_(False)
     critic = copy.deepcopy(rm).requires_grad_(True).train()  # values start from the reward model's judgement

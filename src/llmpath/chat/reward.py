@@ -204,14 +204,12 @@ RM_PRESETS: dict[str, dict] = {
 def run_rm(cfg: RewardRun) -> dict:
     """Train the reward model on the preference pairs (or reuse the finished run); the run's summary."""
     setup_logging()
-    cfg.check()
-    if cfg.name in ("", cfg.preset or "default"):
-        cfg = replace(cfg, name=cfg.default_name())
+    cfg = cfg.resolved()
     if (done := reuse(cfg, TOPIC)) is not None:
         return done
     key = comparable_config(cfg)
     model, tok, sft_cfg = load_sft(cfg, dropout=cfg.model.dropout)
-    cfg = replace(cfg, model=replace(model.cfg), bpe_vocab_size=sft_cfg.bpe_vocab_size, weights=sft_cfg.weights)
+    cfg = cfg.shaped_like(model, sft_cfg)
     rm = RewardModel.from_model(model)
     pairs = cfg.pairs()
     block = rm.cfg.block_size

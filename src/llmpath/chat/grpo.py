@@ -39,12 +39,12 @@ from llmpath.chat.finetune import eval_examples, test_items
 from llmpath.chat.objectives import (clipped_surrogate, entropy, group_advantages, kl_penalty, masked_mean,
                                      token_logprobs)
 from llmpath.chat.reward import ALIGN_PRESETS, AlignRun, load_sft
-from llmpath.chat.rollout import LoopCheckpoint, StopFlag, chat_prompt, per_token_kl, response_logprobs, sample
+from llmpath.chat.rollout import LoopCheckpoint, chat_prompt, per_token_kl, response_logprobs, sample, update
 from llmpath.common import count_params, log, read_json, setup_logging
 from llmpath.config import ConfigError, opt
 from llmpath.plotting import save_fig, use_cjk
 from llmpath.runs import comparable_config, reuse, start_run
-from llmpath.train import make_optimizer, read_metrics
+from llmpath.train import StopFlag, make_optimizer, read_metrics
 
 VERIFIABLE = ("arithmetic", "idiom-chain", "sentiment-reviews", "sentiment-tweets")
 
@@ -109,11 +109,7 @@ def grpo_iteration(policy: nn.Module, ref: nn.Module, tok, examples: list, optim
         pg, pg_stats = clipped_surrogate(logp, old_logp, adv[:, None].expand_as(mask), mask, cfg.clip)
         kl = masked_mean(kl_penalty(logp, ref_logp, "k3"), mask)
         loss = pg + cfg.kl_coef * kl
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip or float("inf"))
-        optimizer.step()
+        update(optimizer, loss, cfg.train.grad_clip)
         stats.append({"policy_loss": pg.item(), "kl_k3": kl.item(),
                       "entropy": entropy(logits.detach().float(), mask).item(), **pg_stats})
     out = {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}

@@ -38,12 +38,12 @@ from llmpath.chat.baselines import stage1_labels
 from llmpath.chat.objectives import (AdaptiveKLController, FixedKLController, clipped_surrogate, entropy, gae,
                                      masked_whiten, token_logprobs, value_loss)
 from llmpath.chat.reward import ALIGN_PRESETS, AlignRun, RewardModel, load_reward_model, load_sft
-from llmpath.chat.rollout import LoopCheckpoint, StopFlag, chat_prompt, per_token_kl, response_logprobs, sample
+from llmpath.chat.rollout import LoopCheckpoint, chat_prompt, per_token_kl, response_logprobs, sample, update
 from llmpath.common import count_params, log, setup_logging
 from llmpath.config import ConfigError, opt
 from llmpath.plotting import save_fig, use_cjk
 from llmpath.runs import comparable_config, reuse, start_run
-from llmpath.train import make_optimizer, read_metrics
+from llmpath.train import StopFlag, make_optimizer, read_metrics
 
 
 @dataclass
@@ -137,11 +137,7 @@ def ppo_iteration(policy: nn.Module, critic: RewardModel, ref: nn.Module, rm: Re
             values = critic.values(ro.ids[idx])[:, :-1]
             vl, vl_stats = value_loss(values, old_values[idx], returns[idx], mask[idx], cfg.vf_clip)
             loss = pg + cfg.vf_coef * vl
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip or float("inf"))
-            optimizer.step()
+            update(optimizer, loss, cfg.train.grad_clip)
             stats.append({"policy_loss": pg.item(), "value_loss": vl.item(),
                           "entropy": entropy(logits.detach().float(), mask[idx]).item(),
                           **{k: float(v) for k, v in {**pg_stats, **vl_stats}.items()}})

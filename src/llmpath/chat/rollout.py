@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from llmpath.chat.objectives import token_logprobs
 from llmpath.chat.template import IM_END, IM_START, PAD, encode_chat
 from llmpath.generation import generate
-from llmpath.train import (CheckpointError, StopFlag, TrainingError, load_checkpoint, rng_state, save_checkpoint,
+from llmpath.train import (CheckpointError, TrainingError, load_checkpoint, rng_state, save_checkpoint,
                            set_rng_state, truncate_metrics)
 
 
@@ -112,6 +112,16 @@ def per_token_kl(policy: nn.Module, ref: nn.Module, ro: Rollout) -> float:
     return float(diff.sum() / ro.mask.sum().clamp(min=1))
 
 
+def update(optimizer: torch.optim.Optimizer, loss: Tensor, grad_clip: float) -> None:
+    """One optimizer step on `loss`, the gradients of all the optimizer's parameters clipped to norm grad_clip
+    (0: not clipped)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
+    optimizer.step()
+
+
 # -------------------------------------------------------------------------------- the loop's safety net
 
 class LoopCheckpoint:
@@ -162,6 +172,3 @@ class LoopCheckpoint:
         with open(self.metrics, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 
-
-__all__ = ["LoopCheckpoint", "Rollout", "StopFlag", "chat_prompt", "per_token_kl", "response_logprobs", "sample",
-           "stop_ids"]

@@ -71,6 +71,9 @@ FIGURES: dict[str, tuple[str, str]] = {
                               "llmpath gpt train && llmpath efficient figures"),
     "10_temperature_gpt.png": ("efficient/small-figures/figures/temperature_gpt.png",
                                "llmpath gpt train && llmpath efficient figures"),
+    "13_scenes.png": ("vlm/small-compare/figures/scenes.png", "llmpath vlm compare --workers=2"),
+    "13_attention.png": ("vlm/small-compare/figures/attention.png", "llmpath vlm compare --workers=2"),
+    "13_retrieval.png": ("vlm/small-clip/figures/retrieval.png", "llmpath vlm clip"),
 }
 
 
@@ -121,6 +124,10 @@ DIAGRAMS: dict[str, str] = {
     "12_rlhf_loop.png": "llmpath.chat.figures:rlhf_loop_figure",
     "12_kl_estimators.png": "llmpath.chat.figures:kl_estimators_figure",
     "12_gae.png": "llmpath.chat.figures:gae_figure",
+
+    # chapter 13
+    "13_clip_matrix.png": "llmpath.vlm.figures:clip_matrix_figure",
+    "13_prefix_vs_cross.png": "llmpath.vlm.figures:prefix_vs_cross_figure",
 }
 
 

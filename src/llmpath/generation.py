@@ -15,18 +15,20 @@ A decoder works with this module when it has `cfg.block_size`, `cfg.n_layer`, `c
 `cfg.n_embd` (and `cfg.n_kv_head` for grouped-query attention) and a forward
 `model(idx, cache=cache, last_only=True) -> (logits, loss)` whose attention calls `cached_kv`.
 GPT (stage 5) and the Llama-style decoder (stage 9) both do.
+
+`prefix=` (B or 1, P, n_embd) hands the model P vectors to read before the prompt (a captioner's image
+patches, stage 13); the model's forward must take `prefix=` (the Llama-style decoder does). With a cache
+they are fed once, at the first step, and stay in it; without one they are fed again at every step.
+block_size counts them: P + the tokens must fit.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
-from torch import Tensor
-
-from torch import nn
-
+from torch import Tensor, nn
 
 
 class KVCache:
@@ -98,6 +100,15 @@ def crop_prompt(idx: Tensor, block_size: int) -> Tensor:
     return idx
 
 
+def _room(model: nn.Module, prefix: Tensor | None) -> int:
+    """Tokens that fit in the context after the prefix vectors."""
+    P = 0 if prefix is None else prefix.shape[1]
+    if P >= model.cfg.block_size:
+        raise ValueError(f"a prefix of {P} vectors leaves no room for tokens in block_size={model.cfg.block_size}; "
+                         "use a model with a longer context")
+    return model.cfg.block_size - P
+
+
 def _as_batch(idx: Tensor | Sequence[int], model: nn.Module) -> Tensor:
     device = next(model.parameters()).device
     idx = torch.as_tensor(idx, dtype=torch.long, device=device)
@@ -131,12 +142,17 @@ def process_logits(logits: Tensor, context: Tensor | None = None, temperature: f
     return logits
 
 
-def _next_logits(model: nn.Module, seqs: Tensor, cache: KVCache | None) -> Tensor:
-    """Logits (B, V) for the token after seqs; with a cache, only the tokens it has not seen are fed."""
-    if cache is not None and seqs.shape[1] <= cache.max_len:
-        logits, _ = model(seqs[:, cache.pos:], cache=cache, last_only=True)
-    else:  # past the context (or no cache): recompute on the last block_size tokens, as without a cache
-        logits, _ = model(seqs[:, -model.cfg.block_size:], last_only=True)
+def _next_logits(model: nn.Module, seqs: Tensor, cache: KVCache | None, prefix: Tensor | None = None) -> Tensor:
+    """Logits (B, V) for the token after [prefix] seqs; with a cache, only what it has not seen is fed."""
+    P = 0 if prefix is None else prefix.shape[1]
+    with_prefix = {} if prefix is None else {"prefix": prefix.expand(len(seqs), -1, -1)}
+    if cache is not None and P + seqs.shape[1] <= cache.max_len:
+        if cache.pos == 0:  # first step: the prefix (if any) and the whole prompt
+            logits, _ = model(seqs, cache=cache, last_only=True, **with_prefix)
+        else:  # the cache holds the prefix and cache.pos - P tokens
+            logits, _ = model(seqs[:, cache.pos - P:], cache=cache, last_only=True)
+    else:  # past the context (or no cache): recompute on the prefix and the last tokens that fit, as without a cache
+        logits, _ = model(seqs[:, -(model.cfg.block_size - P):], last_only=True, **with_prefix)
     return logits[:, -1].float()
 
 
@@ -149,7 +165,7 @@ def _new_cache(model: nn.Module, batch: int) -> KVCache:
 def _steps(model: nn.Module, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
            top_p: float | None = None, repetition_penalty: float = 1.0, greedy: bool = False,
            stop_tokens: Sequence[int] = (), use_cache: bool = True, generator: torch.Generator | None = None,
-           ) -> Iterator[tuple[Tensor, Tensor]]:
+           prefix: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield (next tokens (B,), finished (B,)) per step; stops when every row has hit a stop token."""
     if temperature <= 0:
         greedy, temperature = True, 1.0  # temperature 0 is the limit of sharpening: argmax
@@ -161,7 +177,8 @@ def _steps(model: nn.Module, idx: Tensor, max_new_tokens: int, temperature: floa
     model.eval()
     try:
         for _ in range(max_new_tokens):
-            logits = process_logits(_next_logits(model, seqs, cache), seqs, temperature, top_k, top_p, repetition_penalty)
+            logits = process_logits(_next_logits(model, seqs, cache, prefix), seqs, temperature, top_k, top_p,
+                                    repetition_penalty)
             if greedy:
                 nxt = logits.argmax(-1)
             else:
@@ -177,23 +194,26 @@ def _steps(model: nn.Module, idx: Tensor, max_new_tokens: int, temperature: floa
         model.train(was_training)
 
 
-def generate(model: nn.Module, idx: Tensor | Sequence[int], max_new_tokens: int = 100, **kw) -> Tensor:
+def generate(model: nn.Module, idx: Tensor | Sequence[int], max_new_tokens: int = 100,
+             prefix: Tensor | None = None, **kw) -> Tensor:
     """(B, T) prompt -> (B, T + n) ids, n <= max_new_tokens (fewer when every row hit a stop token).
 
-    Options: temperature, top_k, top_p, repetition_penalty, greedy, stop_tokens, use_cache, generator.
+    Options: temperature, top_k, top_p, repetition_penalty, greedy, stop_tokens, use_cache, generator;
+    prefix (B or 1, P, n_embd): vectors the model reads before the prompt (not part of the returned ids).
     Rows that stop early are padded with the first stop token.
     """
-    idx = crop_prompt(_as_batch(idx, model), model.cfg.block_size)
-    new = [t[:, None] for t, _ in _steps(model, idx, max_new_tokens, **kw)]
+    idx = crop_prompt(_as_batch(idx, model), _room(model, prefix))
+    new = [t[:, None] for t, _ in _steps(model, idx, max_new_tokens, prefix=prefix, **kw)]
     return torch.cat([idx, *new], dim=1)
 
 
-def stream(model: nn.Module, idx: Tensor | Sequence[int], max_new_tokens: int = 100, **kw) -> Iterator[int]:
+def stream(model: nn.Module, idx: Tensor | Sequence[int], max_new_tokens: int = 100,
+           prefix: Tensor | None = None, **kw) -> Iterator[int]:
     """Yield the generated token ids of one prompt one at a time (for printing as they come)."""
-    idx = crop_prompt(_as_batch(idx, model), model.cfg.block_size)
-    if idx.shape[0] != 1:
-        raise ValueError("stream() takes one prompt; use generate() for a batch")
-    for nxt, finished in _steps(model, idx, max_new_tokens, **kw):
+    idx = crop_prompt(_as_batch(idx, model), _room(model, prefix))
+    if idx.shape[0] != 1 or (prefix is not None and prefix.shape[0] != 1):
+        raise ValueError("stream() takes one prompt (and one prefix); use generate() for a batch")
+    for nxt, finished in _steps(model, idx, max_new_tokens, prefix=prefix, **kw):
         yield int(nxt[0])
         if finished[0]:
             return
@@ -201,15 +221,17 @@ def stream(model: nn.Module, idx: Tensor | Sequence[int], max_new_tokens: int = 
 
 @torch.no_grad()
 def beam_search(model: nn.Module, idx: Tensor | Sequence[int], num_beams: int = 4, max_new_tokens: int = 50,
-                length_penalty: float = 1.0, stop_tokens: Sequence[int] = (), use_cache: bool = True) -> Tensor:
+                length_penalty: float = 1.0, stop_tokens: Sequence[int] = (), use_cache: bool = True,
+                prefix: Tensor | None = None) -> Tensor:
     """The most likely continuation found by keeping num_beams partial sequences; returns (1, T + n) ids.
 
     A finished hypothesis (one that emitted a stop token) scores sum(log p) / n_generated**length_penalty;
     with no stop token every beam has the same length and the highest total log-probability wins.
+    prefix (1, P, n_embd): vectors read before the prompt, shared by every beam.
     """
-    seqs = crop_prompt(_as_batch(idx, model), model.cfg.block_size)
-    if seqs.shape[0] != 1:
-        raise ValueError("beam_search() takes one prompt")
+    seqs = crop_prompt(_as_batch(idx, model), _room(model, prefix))
+    if seqs.shape[0] != 1 or (prefix is not None and prefix.shape[0] != 1):
+        raise ValueError("beam_search() takes one prompt (and one prefix)")
     prompt_len, K = seqs.shape[1], num_beams
     cache = _new_cache(model, 1) if use_cache else None
     scores = torch.zeros(1, device=seqs.device)  # running sum of log-probabilities per beam
@@ -219,7 +241,7 @@ def beam_search(model: nn.Module, idx: Tensor | Sequence[int], num_beams: int = 
     model.eval()
     try:
         for step in range(max_new_tokens):
-            logp = _next_logits(model, seqs, cache).log_softmax(-1) + scores[:, None]  # (beams, V)
+            logp = _next_logits(model, seqs, cache, prefix).log_softmax(-1) + scores[:, None]  # (beams, V)
             V = logp.shape[1]
             top, flat = logp.flatten().topk(min(2 * K, logp.numel()))  # 2K: up to K may stop at once
             keep = []  # (parent beam, token, score) of the K best continuations that do not stop
@@ -246,3 +268,89 @@ def beam_search(model: nn.Module, idx: Tensor | Sequence[int], num_beams: int = 
     n = seqs.shape[1] - prompt_len
     done += [(s / max(n, 1) ** length_penalty, seq) for s, seq in zip(scores.tolist(), seqs)]
     return max(done, key=lambda d: d[0])[1][None]
+
+
+@torch.no_grad()
+def speculative_generate(target: nn.Module, draft: nn.Module, idx: Tensor | Sequence[int], max_new_tokens: int = 100,
+                         gamma: int = 4, temperature: float = 1.0, greedy: bool = False,
+                         generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+    """Speculative decoding: a small draft model proposes gamma tokens, the target checks them in one forward.
+
+        ids, stats = speculative_generate(big, small, prompt_ids, max_new_tokens=48, gamma=4)
+
+    Leviathan et al. 2023 (https://arxiv.org/abs/2211.17192), Chen et al. 2023 (https://arxiv.org/abs/2302.01318).
+    Each draft token x ~ q is kept with probability min(1, p(x) / q(x)); the first one refused is replaced by a
+    sample of max(0, p - q) normalised, and when all gamma are kept the target's distribution after them gives
+    one more token for free. The tokens then follow the target's distribution p exactly, whatever the draft;
+    the draft only changes how many target forwards they cost. greedy (or temperature 0) is the same rule with
+    p and q one-hot at their argmax: the output is the target's greedy output, token for token.
+    (1, T) prompt -> ((1, T + max_new_tokens) ids, stats): proposed (draft tokens), accepted (kept), refused (rounds
+    that ended in a refusal), acceptance_rate = accepted / proposed, target_forwards, draft_forwards, new_tokens,
+    tokens_per_target_forward. The two models must share a tokenizer; each keeps a KV cache that is rolled back
+    past a refused token. The prompt and the new tokens must fit in both contexts.
+    """
+    seqs = _as_batch(idx, target)
+    if seqs.shape[0] != 1:
+        raise ValueError("speculative_generate() takes one prompt")
+    if gamma < 1:
+        raise ValueError(f"gamma={gamma}: the draft must propose at least one token per round")
+    room = min(target.cfg.block_size, draft.cfg.block_size)
+    if seqs.shape[1] + max_new_tokens > room:
+        raise ValueError(f"a prompt of {seqs.shape[1]} tokens + {max_new_tokens} new ones is longer than the context "
+                         f"({room}); shorten the prompt or ask for fewer tokens")
+    if temperature <= 0:
+        greedy, temperature = True, 1.0
+
+    def dist(logits: Tensor) -> Tensor:  # (..., V) logits -> the distribution tokens are drawn from
+        if greedy:
+            return torch.zeros_like(logits, dtype=torch.float).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+        return (logits.float() / temperature).softmax(-1)
+
+    def draw(probs: Tensor) -> Tensor:  # (V,) -> (1, 1) token id
+        return torch.multinomial(probs, 1, generator=generator)[None]
+
+    caches = [KVCache(m.cfg, 1, device=seqs.device, dtype=next(m.parameters()).dtype) for m in (target, draft)]
+    t_cache, d_cache = caches
+    end = seqs.shape[1] + max_new_tokens
+    stats = dict(proposed=0, accepted=0, refused=0, target_forwards=0, draft_forwards=0)
+    modes = (target.training, draft.training)
+    target.eval()
+    draft.eval()
+    try:
+        while seqs.shape[1] < end:
+            n, g = seqs.shape[1], min(gamma, end - seqs.shape[1])
+            qs = []
+            for _ in range(g):  # the draft guesses g tokens, one cheap forward each
+                logits, _ = draft(seqs[:, d_cache.pos:], cache=d_cache, last_only=True)
+                qs.append(dist(logits[0, -1]))
+                seqs = torch.cat([seqs, draw(qs[-1])], dim=1)
+            # one target forward over the tokens it has not seen: rows n-1 .. n+g-1 are p for each guess and one more
+            logits, _ = target(seqs[:, t_cache.pos:], cache=t_cache)
+            p = dist(logits[0, -(g + 1):])  # (g + 1, V)
+            k = 0  # guesses kept, left to right, until the first refusal
+            while k < g:
+                x = seqs[0, n + k]
+                u = torch.rand((), generator=generator, device=p.device)
+                if u >= p[k, x] / qs[k][x]:  # keep with probability min(1, p(x) / q(x)); q(x) > 0: x was drawn from q
+                    break
+                k += 1
+            if k < g:  # refused: draw from the part of p that q under-covers, so that the total is p
+                residual = (p[k] - qs[k]).clamp_min(0)
+                nxt = draw(residual / residual.sum() if residual.sum() > 0 else p[k])
+            else:  # all kept: the target already scored the next position
+                nxt = draw(p[g])
+            seqs = torch.cat([seqs[:, :n + k], nxt], dim=1)
+            for c in caches:  # forget the keys and values of refused guesses; the next forward overwrites them
+                c.pos = min(c.pos, n + k)
+            stats["proposed"] += g
+            stats["accepted"] += k
+            stats["refused"] += int(k < g)
+            stats["target_forwards"] += 1
+            stats["draft_forwards"] += g
+    finally:
+        target.train(modes[0])
+        draft.train(modes[1])
+    seqs = seqs[:, :end]  # a bonus token past max_new_tokens is dropped
+    stats.update(acceptance_rate=stats["accepted"] / max(stats["proposed"], 1), new_tokens=max_new_tokens,
+                 tokens_per_target_forward=max_new_tokens / max(stats["target_forwards"], 1))
+    return seqs, stats

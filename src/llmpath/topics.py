@@ -139,5 +139,17 @@ TOPIC_LIST: list[Topic] = [
                    "和一个 Llama 式基座模型；再把翻译、情感、成语接龙、算术、闲聊做成对话格式的指令数据"
                    "（按来源条目划分，测试题的来源从未在训练中出现），用 ChatML 对话模板和只在回答上算的损失做指令微调；"
                    "逐个任务比较：基座模型少样本提示、SFT、不掩码的 SFT，以及前几章的专用模型。")),
+    Topic("vlm", "llmpath.vlm", "stage 13: a tiny vision-language model: CLIP pretraining and a LLaVA-style captioner",
+          stage="13", stage_title="多模态：CLIP 对比预训练与 LLaVA 式看图说话",
+          tutorial="docs/tutorials/13_multimodal.md", notebook="notebooks/13_multimodal.ipynb",
+          config="llmpath.vlm.experiments:CaptionRun", model="llmpath.vlm.model:VLM",
+          tokenizer="llmpath.vlm.data:caption_tokenizer_from_state",
+          teaches=("把第 7 章 mnist-5k 的手写数字摆到画布上，按模板生成中英文描述（“左边是 3，右边是 7”），"
+                   "测试图里的数字图像从未在训练中出现。先用对称 InfoNCE 把第 7 章的 ViT 和一个小文本编码器对齐（CLIP），"
+                   "看图文互检的召回率和只凭描述做的零样本数字分类；再照 LLaVA 的做法，把 ViT 的图块特征经投影层"
+                   "变成第 9 章 Llama 式解码器的前缀词元：先只训练投影层，再连解码器一起训练。"
+                   "比较冻结与训练解码器、有无对比预训练的描述完全匹配率、数字与位置准确率、BLEU 与 chrF，"
+                   "并画出每个词写出时注意力落在图像的哪些图块上。投影层加解码器与 Hugging Face 的 "
+                   "LlavaForConditionalGeneration 复制权重后 logits 一致。")),
 ]
 TOPICS: dict[str, Topic] = {t.name: t for t in TOPIC_LIST}

@@ -7,31 +7,40 @@
     llmpath llama kv-memory                      # KV-cache bytes per token: MHA / GQA / MQA, ours and Llama-2/3
     llmpath llama figures                        # RoPE, attention with RoPE vs learned positions, expert usage
     llmpath llama export --dir runs/llama/small/hf   # LlamaForCausalLM (or Mixtral) .from_pretrained reads it
+    llmpath llama context                        # read past the trained context: extrapolate / interpolate / NTK
+    llmpath llama speculative                    # a small draft model proposes, the small preset verifies
 """
 
 from __future__ import annotations
 
 import os
 import statistics
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from llmpath.common import get_device, log, map_processes, markdown_table, set_threads, setup_logging, write_json
-from llmpath.config import Command, ConfigError, build_config, opt, parse_seeds
-from llmpath.generation import generate
+from llmpath.common import (get_device, log, map_processes, markdown_table, seed_everything, set_threads, setup_logging,
+                            write_json)
+from llmpath.config import Command, ConfigError, TrainConfig, build_config, opt, parse_seeds
+from llmpath.data import RandomWindows, split_text
+from llmpath.generation import generate, speculative_generate
+from llmpath.gpt.data import encode_known, lm_text
+from llmpath.gpt.finetune import lm_loss
 from llmpath.gpt.pretrain import PRESETS as GPT_PRESETS
 from llmpath.gpt.pretrain import GPTRun
+from llmpath.llama.context import FINETUNED, METHODS, bucket_means, context_figure, extend_context, position_losses
+from llmpath.llama.context import LABELS as CONTEXT_LABELS
 from llmpath.llama.experiments import (MOE, MOE_POOLED, TOPIC, VARIANTS, LlamaRun, gpt_run, llama_from_gpt, mean_spread,
-                                       train_any, usage_history, variant_run)
+                                       train_any, train_lm, usage_history, variant_run)
 from llmpath.llama.figures import (attention_maps_figure, expert_usage_figure, head_attention, kv_cache_figure,
                                    kv_cache_table, rope_frequencies_figure)
 from llmpath.llama.model import Llama, LlamaConfig
 from llmpath.plotting import save_fig
-from llmpath.runs import load_run, open_folder, run_path, sub_config
+from llmpath.runs import load_run, open_folder, run_path, sub_config, variant
 from llmpath.tour import StageResult
-
+from llmpath.train import fit
 
 # Stage 5's shapes and recipes (GPT's `tiny` and `small`), so that every difference is the architecture; the
 # Llama-style model shares its key/value heads in pairs (one pair in `tiny`, which has two heads).
@@ -252,6 +261,205 @@ def export(cfg: ExportRun) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ context
+
+@dataclass
+class ContextRun(LlamaRun):
+    run: str = opt("", "run folder of the model to extend (default: <out>/llama/<name or preset>, trained when missing)")
+    factors: str = opt("1,2,4", "read windows of these multiples of the trained context")
+    methods: str = opt("none,interpolate,ntk", "RoPE extensions to compare (none, interpolate, ntk)")
+    tokens: int = opt(65_536, "held-out tokens (test split) read at every length, cut into windows of that length",
+                      min=1)
+    finetune_steps: int = opt(200, "then finetune each extended model this many steps at the longest length (0 = skip)",
+                              min=0)
+    finetune_lr: float = opt(1e-3, "peak learning rate of that finetuning", above=0)
+
+
+def _texts(run_cfg: LlamaRun, tok) -> tuple:
+    """Token ids of the run's training text and of its held-out test text (the same 90/5/5 split as training)."""
+    train_text, _, test_text = split_text(lm_text(run_cfg.data))
+    return encode_known(tok, train_text), encode_known(tok, test_text)
+
+
+def _methods(text: str) -> list[str]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in names if m not in METHODS]
+    if bad or not names:
+        raise ConfigError(f"--methods={text!r}: choose among {', '.join(METHODS)}, comma-separated")
+    return names
+
+
+def _counts(text: str, option: str, example: str) -> list[int]:
+    """'4,1,2' -> [1, 2, 4]: positive whole numbers, sorted, or a ConfigError saying what to type."""
+    try:
+        values = sorted({int(f) for f in text.split(",") if f.strip()})
+    except ValueError:
+        values = []
+    if not values or values[0] < 1:
+        raise ConfigError(f"--{option}={text!r}: give whole numbers of at least 1 separated by commas, e.g. {example}")
+    return values
+
+
+def context(cfg: ContextRun) -> dict:
+    """Held-out loss by position when a model trained at T tokens reads 1x, 2x, 4x T: RoPE extrapolated,
+    interpolated or NTK-scaled, before and after a short finetuning at the longest length."""
+    setup_logging()
+    set_threads(cfg.threads)
+    methods, factors = _methods(cfg.methods), _counts(cfg.factors, "factors", "1,2,4")
+    device = get_device(cfg.device)
+    if not cfg.run:
+        train_lm(sub_config(cfg, LlamaRun))  # the plain `llmpath llama train` run (reused when finished)
+    model, tok, run_cfg = load_run(_source(cfg, cfg.run), device, topic=TOPIC)
+    trained = model.cfg.block_size
+    lengths = [f * trained for f in factors]
+    edges = sorted({0, trained, *lengths})  # buckets: inside the trained context, then each further stretch
+    train_ids, test_ids = _texts(run_cfg, tok)
+    rows, curves = [], {}
+
+    def measure(m: Llama, method: str, tuned: bool) -> None:
+        for n in lengths:
+            losses = position_losses(m, test_ids, n, max(1, cfg.tokens // n))  # the same text at every length
+            means = bucket_means(losses, edges)
+            rows.append({"method": method, "finetuned": tuned, "length": n, "buckets": means,
+                         "mean": float(losses.mean())})
+            if n == lengths[-1]:
+                curves[CONTEXT_LABELS[method] + (FINETUNED if tuned else "")] = losses.tolist()
+
+    for method in methods:
+        measure(extend_context(model, lengths[-1], method, trained), method, False)
+    if cfg.finetune_steps:
+        # the small preset's recipe at a lower peak lr, and its tokens per step: (smaller batch) x longer windows
+        batch = max(1, run_cfg.train.batch_size * trained // lengths[-1])
+        tc = TrainConfig(max_steps=cfg.finetune_steps, batch_size=batch, lr=cfg.finetune_lr,
+                         warmup_steps=min(20, cfg.finetune_steps // 5), min_lr_ratio=0.1, beta2=0.95, weight_decay=0.1,
+                         eval_interval=0, progress=False)
+        for method in methods:
+            seed_everything(cfg.seed)
+            long = extend_context(model, lengths[-1], method, trained).train()
+            res = fit(long, lm_loss, RandomWindows(train_ids, lengths[-1], tc.batch_size, seed=cfg.seed), tc,
+                      device=device, unit="tokens")
+            log.info(f"{method}: finetuned {res.step} steps at {lengths[-1]} tokens in {res.seconds:.0f} s")
+            measure(long.eval(), method, True)
+    out = open_folder(replace(cfg, name=f"{cfg.name or cfg.preset or 'small'}-context"), TOPIC)
+    title = f"训练时上下文 {trained}，读入 {lengths[-1]} 个字符：留出文本上逐位置的损失"
+    fig = save_fig(context_figure(curves, trained, title), out / "figures" / "context_loss.png")
+    results = {"trained": trained, "lengths": lengths, "edges": edges, "rows": rows, "curves": curves,
+               "figures": [str(fig)], "finetune": {"steps": cfg.finetune_steps, "lr": cfg.finetune_lr},
+               "run": str(_source(cfg, cfg.run))}
+    write_json(out / "results.json", results)
+    print(context_table(results))
+    log.info(f"wrote {out / 'results.json'} and {fig}")
+    return results
+
+
+def context_table(results: dict) -> str:
+    """One row per method x (finetuned) x length: mean loss in each position bucket and over all positions."""
+    edges = results["edges"]
+    heads = [f"位置 {a}–{b - 1}" for a, b in zip(edges[:-1], edges[1:])]
+    rows = []
+    for r in results["rows"]:
+        cells = [f"{v:.3f}" for v in r["buckets"]] + ["—"] * (len(heads) - len(r["buckets"]))
+        rows.append([CONTEXT_LABELS[r["method"]], "是" if r["finetuned"] else "否", r["length"], *cells,
+                     f"{r['mean']:.3f}"])
+    return markdown_table(["方法", "微调", "读入长度", *heads, "全部位置"], rows, "lllr" + "r" * len(heads))
+
+
+# -------------------------------------------------------------------------- speculative
+
+DRAFT = {"model.n_layer": 1, "model.n_head": 2, "model.n_kv_head": 1, "model.n_embd": 64}  # small's: 1/15 the weights
+
+
+@dataclass
+class SpeculativeRun(LlamaRun):
+    target: str = opt("", "run folder of the target (default: <out>/llama/<name or preset>, trained when missing)")
+    draft: str = opt("", "run folder of the draft (default: <out>/llama/<name or preset>-draft: 1 layer, 64 wide)")
+    gammas: str = opt("1,2,4,8", "draft tokens per round to compare")
+    prompts: int = opt(20, "prompts taken from the held-out text", min=1)
+    prompt_tokens: int = opt(16, "tokens per prompt", min=1)
+    max_new_tokens: int = opt(48, "tokens generated per prompt (prompt + these must fit in the context)", min=1)
+    temperature: float = opt(1.0, "sampling temperature of both models (the greedy rows use argmax)", above=0)
+
+
+def draft_run(cfg: LlamaRun) -> LlamaRun:
+    """The draft model's run: the same data, tokenizer and recipe, one layer and 64 wide: <name>-draft."""
+    return variant(cfg, "draft", **DRAFT)
+
+
+def _check_room(cfg: SpeculativeRun, room: int) -> None:
+    if cfg.prompt_tokens + cfg.max_new_tokens > room:
+        raise ConfigError(f"--prompt_tokens + --max_new_tokens = {cfg.prompt_tokens + cfg.max_new_tokens} is more than "
+                          f"the context ({room}); ask for fewer")
+
+
+def speculative(cfg: SpeculativeRun) -> dict:
+    """Acceptance rate and target forwards per token of speculative decoding against gamma, sampled and greedy."""
+    setup_logging()
+    set_threads(cfg.threads)
+    gammas = _counts(cfg.gammas, "gammas", "1,2,4,8")
+    device = get_device(cfg.device)
+    base = sub_config(cfg, LlamaRun)
+    _check_room(cfg, cfg.model.block_size)  # before any training; checked again with the models' own contexts
+    if not cfg.target:
+        train_lm(base)
+    if not cfg.draft:
+        train_lm(draft_run(base))
+    target, tok, run_cfg = load_run(_source(cfg, cfg.target), device, topic=TOPIC)
+    draft, draft_tok, _ = load_run(_source(draft_run(base), cfg.draft), device, topic=TOPIC)
+    if tok.state_dict() != draft_tok.state_dict():
+        raise ConfigError("the draft and the target have different tokenizers; train the draft on the same data and "
+                          "tokenizer (the default --draft does)")
+    _check_room(cfg, min(target.cfg.block_size, draft.cfg.block_size))
+    _, test_ids = _texts(run_cfg, tok)
+    stride = (len(test_ids) - cfg.prompt_tokens) // cfg.prompts
+    prompts = [torch.as_tensor(test_ids[i * stride:i * stride + cfg.prompt_tokens])[None] for i in range(cfg.prompts)]
+    rows = []
+    for greedy in (False, True):
+        start = time.perf_counter()
+        for p in prompts:  # ordinary decoding: the reference for the tokens and the time
+            generate(target, p, cfg.max_new_tokens, greedy=greedy, temperature=cfg.temperature)
+        plain_s = time.perf_counter() - start
+        for gamma in gammas:
+            g = torch.Generator(device=device).manual_seed(cfg.seed)
+            total = dict(proposed=0, accepted=0, refused=0, target_forwards=0, draft_forwards=0, new_tokens=0)
+            outputs, start = [], time.perf_counter()
+            for p in prompts:
+                ids, stats = speculative_generate(target, draft, p, cfg.max_new_tokens, gamma=gamma,
+                                                  temperature=cfg.temperature, greedy=greedy, generator=g)
+                total = {k: total[k] + stats[k] for k in total}
+                outputs.append(ids)
+            seconds = time.perf_counter() - start
+            # greedy: the same tokens as the target alone, prompt by prompt (sampling is checked in the tests)
+            same = sum(torch.equal(ids, generate(target, p, cfg.max_new_tokens, greedy=True))
+                       for p, ids in zip(prompts, outputs)) if greedy else None
+            rows.append({"greedy": greedy, "gamma": gamma, **total, "seconds": round(seconds, 2),
+                         "plain_seconds": round(plain_s, 2), "same_as_greedy": same})
+    results = {"target": str(_source(cfg, cfg.target)), "draft": str(_source(draft_run(base), cfg.draft)),
+               "target_params": target.num_params(), "draft_params": draft.num_params(),
+               "prompts": cfg.prompts, "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
+               "rows": rows}
+    out = open_folder(replace(cfg, name=f"{cfg.name or cfg.preset or 'small'}-speculative"), TOPIC)
+    write_json(out / "results.json", results)
+    print(speculative_table(results))
+    return results
+
+
+def speculative_table(results: dict) -> str:
+    """Per mode and gamma: proposed, kept, rates, tokens per target forward against Leviathan et al.'s formula."""
+    rows = []
+    for r in results["rows"]:
+        alpha = r["accepted"] / max(r["accepted"] + r["refused"], 1)  # per checked guess: the chance one is kept
+        g = r["gamma"]
+        expected = g + 1 if alpha == 1 else (1 - alpha ** (g + 1)) / (1 - alpha)
+        mode = "贪心" if r["greedy"] else f"采样（温度 {results['temperature']:g}）"
+        rows.append([mode, g, r["proposed"], r["accepted"], f"{r['accepted'] / r['proposed']:.3f}", f"{alpha:.3f}",
+                     f"{r['new_tokens'] / r['target_forwards']:.2f}", f"{expected:.2f}",
+                     f"{r['target_forwards'] / r['new_tokens']:.3f}",
+                     "—" if r["same_as_greedy"] is None else f"{r['same_as_greedy']}/{results['prompts']}"])
+    return markdown_table(["模式", "γ", "草稿词元", "被接受", "接受率（接受/草稿）", "α（接受/检验）",
+                           "每次目标前向的词元", "公式 (1−α^(γ+1))/(1−α)", "每个词元的目标前向",
+                           "与目标模型单独贪心解码逐词元相同"], rows, "lrrrrrrrrr")
+
+
 # --------------------------------------------------------------------------------- tour
 
 BARS = {"tiny": (0.5, 0.5, 0.75), "small": (0.02, 0.02, 0.40)}  # llama - gpt, moe - llama, largest expert share
@@ -309,4 +517,8 @@ COMMANDS = {
                        examples=("llmpath llama figures",)),
     "export": Command(export, ExportRun, "write a run as a Hugging Face Llama (or Mixtral) folder",
                       examples=("llmpath llama export --dir runs/llama/small/hf",)),
+    "context": Command(context, ContextRun, "read past the trained context: RoPE extrapolated, interpolated or NTK",
+                       examples=("llmpath llama context", "llmpath llama context --factors=1,2,4 --finetune_steps=0")),
+    "speculative": Command(speculative, SpeculativeRun, "speculative decoding: a 1-layer draft, the model verifies",
+                           examples=("llmpath llama speculative", "llmpath llama speculative --gammas=2,4")),
 }

@@ -16,7 +16,8 @@ can go from GPT-2's block to Llama's one change at a time:
 With norm=layer, pos=learned, mlp=gelu, bias=True and n_kv_head = n_head this is exactly GPT-2
 (tests/test_llama_model.py copies a GPT's weights in and gets the same logits). hf.py maps the names to
 and from Hugging Face's LlamaForCausalLM and MixtralForCausalLM. Generation and the KV cache are the
-shared llmpath.generation.
+shared llmpath.generation. `prefix=` puts P vectors before the token embeddings (stage 13's image patches,
+llmpath.vlm): they take the first P positions and the cache, and predict nothing.
 """
 
 from __future__ import annotations
@@ -139,7 +140,9 @@ class Attention(nn.Module):
         self.wo = nn.Linear(self.n_head * self.hs, cfg.n_embd, bias=cfg.bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None, layer: int = 0,
+                maps: list | None = None) -> Tensor:
+        """(B, T, C) -> (B, T, C); `maps` (a list) gets this layer's weights (B, nh, T, T_k), hand-written path."""
         B, T, C = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.hs).transpose(1, 2)  # (B, nh, T, hs)
         k = self.wk(x).view(B, T, self.n_kv, self.hs).transpose(1, 2)  # (B, n_kv, T, hs)
@@ -147,8 +150,11 @@ class Attention(nn.Module):
         if self.rope:  # rotate before caching: a cached key keeps the angle of the position it was written at
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k, v, mask, causal = cached_kv(q, k, v, cache, layer)  # GQA: each k, v head repeated for its query heads
-        y, _ = scaled_dot_product_attention(q, k, v, mask=mask, causal=causal,
-                                            dropout=self.dropout if self.training else 0.0, sdpa=self.sdpa)
+        y, w = scaled_dot_product_attention(q, k, v, mask=mask, causal=causal,
+                                            dropout=self.dropout if self.training else 0.0,
+                                            sdpa=self.sdpa and maps is None)  # the fused kernel gives no weights
+        if maps is not None:
+            maps.append(w)
         return self.resid_drop(self.wo(y.transpose(1, 2).reshape(B, T, C)))
 
 
@@ -183,9 +189,9 @@ class Block(nn.Module):
             self.ffn = GeluMLP(GPTConfig(n_embd=cfg.n_embd, bias=cfg.bias, dropout=cfg.dropout))
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None,
-                layer: int = 0) -> tuple[Tensor, Tensor | None]:
+                layer: int = 0, maps: list | None = None) -> tuple[Tensor, Tensor | None]:
         """(new x, router logits (B*T, n_expert) or None for a dense block)."""
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer)
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer, maps)
         out = self.ffn(self.ffn_norm(x))
         router_logits = None
         if isinstance(out, tuple):
@@ -221,21 +227,25 @@ class Llama(nn.Module):
             if name.endswith(("wo.weight", "w2.weight", "c_proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
-    def hidden(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
-        """Final-norm states (B, T, n_embd); the MoE router logits are left in self.router_logits."""
-        B, T = idx.shape
+    def hidden(self, idx: Tensor, cache: KVCache | None = None, prefix: Tensor | None = None,
+               maps: list | None = None) -> Tensor:
+        """Final-norm states (B, P + T, n_embd) of the prefix embeddings (B or 1, P, n_embd), if any, then the
+        tokens; the MoE router logits are left in self.router_logits; `maps` collects each layer's attention weights."""
+        x = self.embed(idx)  # (B, T, C)
+        if prefix is not None:  # vectors from elsewhere (an image's patches) read as if they were tokens
+            x = torch.cat([prefix.to(x.dtype).expand(len(x), -1, -1), x], 1)  # (B, P + T, C)
+        B, T, _ = x.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.cfg.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than block_size={self.cfg.block_size}; "
+            raise ValueError(f"sequence of {start + T} positions is longer than block_size={self.cfg.block_size}; "
                              "crop the input (generate() does this for you)")
-        x = self.embed(idx)  # (B, T, C)
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
         x = self.drop(x)
         cos, sin = self.cos[start:start + T], self.sin[start:start + T]  # (T, hs): the positions of these tokens
         self.router_logits = []
         for i, block in enumerate(self.layers):
-            x, router = block(x, cos, sin, cache, i)
+            x, router = block(x, cos, sin, cache, i, maps)
             if router is not None:
                 self.router_logits.append(router)
         if cache is not None:
@@ -243,10 +253,11 @@ class Llama(nn.Module):
         return self.norm(x)
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, cache: KVCache | None = None,
-                last_only: bool = False) -> tuple[Tensor, Tensor | None]:
-        """Logits (B, T, V), or (B, 1, V) with last_only; loss = cross-entropy where targets != -100,
-        plus aux_loss_coef x the load-balancing loss in training mode with MoE (eval: cross-entropy only)."""
-        x = self.hidden(idx, cache)
+                last_only: bool = False, prefix: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Logits (B, T, V) of the token positions (a prefix predicts nothing), or (B, 1, V) with last_only;
+        loss = cross-entropy where targets != -100, plus aux_loss_coef x the load-balancing loss in training mode
+        with MoE (eval: cross-entropy only)."""
+        x = self.hidden(idx, cache, prefix)[:, 0 if prefix is None else prefix.shape[1]:]
         if last_only:
             x = x[:, -1:]
         logits = self.lm_head(x)

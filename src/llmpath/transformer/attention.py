@@ -113,3 +113,48 @@ class MultiHeadAttention(nn.Module):
                                             sdpa=self.sdpa and not need_weights)
         y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
         return self.proj(y), (w if need_weights else None)
+
+
+def tiled_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, block_q: int = 64,
+                    block_k: int = 64) -> Tensor:
+    """FlashAttention's tiling, written out: softmax(q k^T / sqrt(d_k)) v one (block_q, block_k) tile at a time.
+
+    Dao et al. 2022, "FlashAttention" (https://arxiv.org/abs/2205.14135), algorithm 1 (the forward pass), in
+    FlashAttention-2's loop order (https://arxiv.org/abs/2307.08691): query blocks outside, key blocks inside.
+    q (..., T_q, d_k), k (..., T_k, d_k), v (..., T_k, d_v) -> (..., T_q, d_v), equal to
+    `scaled_dot_product_attention(q, k, v, causal=causal)[0]` (tests/test_advanced.py). The (T_q, T_k)
+    score matrix is never formed: each query block keeps, per row, the running maximum m of its scores,
+    the running sum l of exp(score - m) and an accumulator of exp(score - m) v, and rescales both by
+    exp(m_old - m_new) whenever a new key block raises the maximum (the "online softmax").
+    This is the teaching version: Python loops over tiles, so it is slower than the plain path; the speed
+    of the real kernel comes from keeping each tile in on-chip memory, which a PyTorch loop cannot do.
+    """
+    if block_q < 1 or block_k < 1:
+        raise ValueError(f"block sizes must be at least 1 (got block_q={block_q}, block_k={block_k})")
+    t_q, t_k = q.shape[-2], k.shape[-2]
+    offset = t_k - t_q  # causal: query i sees keys 0..i + offset (the queries are the last t_q positions)
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    out = q.new_empty(*q.shape[:-1], v.shape[-1])
+    for i0 in range(0, t_q, block_q):
+        qi = q[..., i0:i0 + block_q, :] * scale  # (..., bq, d_k)
+        rows = torch.arange(i0, i0 + qi.shape[-2], device=q.device)[:, None]  # (bq, 1) query positions
+        m = q.new_full((*qi.shape[:-1], 1), float("-inf"))  # running row maximum
+        l = q.new_zeros((*qi.shape[:-1], 1))  # running sum of exp(score - m)
+        acc = q.new_zeros((*qi.shape[:-1], v.shape[-1]))  # running sum of exp(score - m) v
+        for j0 in range(0, t_k, block_k):
+            if causal and j0 > i0 + qi.shape[-2] - 1 + offset:
+                break  # this key block and every later one lie in the future of the whole query block
+            s = qi @ k[..., j0:j0 + block_k, :].transpose(-2, -1)  # (..., bq, bk): one tile of scores
+            if causal:
+                cols = torch.arange(j0, j0 + s.shape[-1], device=q.device)[None, :]
+                s = s.masked_fill(cols > rows + offset, float("-inf"))
+            m_new = torch.maximum(m, s.amax(-1, keepdim=True))
+            m_safe = m_new.masked_fill(m_new == float("-inf"), 0.0)  # a row with nothing seen yet: no NaN
+            p = torch.exp(s - m_safe)  # (..., bq, bk), every entry <= 1
+            alpha = torch.exp(m - m_safe)  # how much the old maximum overstated: rescale what was summed
+            l = alpha * l + p.sum(-1, keepdim=True)
+            acc = alpha * acc + p @ v[..., j0:j0 + block_k, :]
+            m = m_new
+        # divide once at the end; a row that saw no key at all (l = 0) gives zeros, as the plain path does
+        out[..., i0:i0 + qi.shape[-2], :] = torch.where(l > 0, acc / l.clamp_min(1e-30), 0.0)
+    return out

@@ -1,0 +1,1 @@
+"""Stage 13: a tiny vision-language model: captioned digit and shape scenes, CLIP-style pretraining, a LLaVA-style captioner."""

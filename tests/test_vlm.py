@@ -1,0 +1,93 @@
+"""Chapter 13's runs: the tiny chain (stage 7's ViT, CLIP, the caption LM, four captioners), the captioner's objective
+and the one-line refusals."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmpath.config import ConfigError, build_config
+from llmpath.runs import load_run
+from llmpath.vlm.cli import COMMANDS, DescribeRun, describe, smoke
+from llmpath.vlm.experiments import (CAPTION_PRESETS, COMPARE_PRESETS, VARIANTS, CaptionRows, CaptionRun, CompareRun,
+                                     captioner_loss, captioner_tokenizer, compare, compare_table, prompt, run_caption)
+from llmpath.vlm.model import VLM
+
+TINY = ["--preset=tiny", "--train.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    return out, compare(build_config(CompareRun, ["--preset=tiny", f"--out={out}"], COMPARE_PRESETS))
+
+
+def test_the_tiny_chain_trains_every_run_and_tabulates_them(chain):
+    out, res = chain
+    assert set(VARIANTS) <= set(res) and {"clip", "lm", "vit"} <= set(res)
+    table = compare_table(res)
+    assert table.count("\n") == 1 + len(VARIANTS) and "zh 完全匹配 %" in table
+    trained = {k: res[k]["trained_params"] for k in VARIANTS}
+    # stage 1 trains the projector alone; a frozen encoder trains less than a scratch one
+    assert trained["supervised-frozen"] < trained["supervised-trained"] < trained["scratch-trained"]
+    model, _, cfg = load_run(out / "vlm" / "tiny-caption-supervised-trained", topic="vlm")
+    assert isinstance(model, VLM) and model.cfg.tiles == 2 and cfg.vision == "supervised"
+    # the supervised encoder is stage 7's ViT, unchanged by the captioner's training (it is frozen)
+    vit, _, _ = load_run(out / "vit" / "tiny-mnist-5k-vit", topic="vit")
+    for k, v in model.vit.state_dict().items():
+        assert torch.equal(v, vit.state_dict()[k]), k
+    again = compare(build_config(CompareRun, ["--preset=tiny", f"--out={out}"], COMPARE_PRESETS))  # finished: reused
+    assert again["supervised-trained"]["seconds"] == res["supervised-trained"]["seconds"]
+
+
+def test_describe_captions_test_scenes_and_draws_the_attention(chain, capsys):
+    out, _ = chain
+    lines = describe(build_config(DescribeRun, [*TINY, f"--out={out}", "--n=2", "--num_beams=2"], CAPTION_PRESETS))
+    assert len(lines) == 4 and lines[0].startswith("zh: ") and lines[2].startswith("en: ")
+    assert (out / "vlm" / "tiny-caption-supervised-trained" / "figures" / "attention.png").exists()
+
+
+def test_the_loss_skips_the_language_tag_and_the_padding(chain):
+    out, _ = chain
+    model, tok, cfg = load_run(out / "vlm" / "tiny-caption-scratch-trained", topic="vlm")
+    scenes = cfg.splits()["train"].subset(range(2))
+    rows = CaptionRows(scenes, tok, 4)
+    assert len(rows.rows) == 4 and {r[1][1] for r in rows.rows} == {tok.stoi["zh"], tok.stoi["en"]}
+    images, ids = rows(0)
+    loss = captioner_loss(model, (images, ids))
+    # by hand: cross-entropy of the caption tokens only (not the tag after <bos>, not the padding)
+    logits, _ = model(images, ids[:, :-1])
+    keep = ids[:, 1:] != tok.pad_id
+    keep[:, 0] = False
+    want = F.cross_entropy(logits[keep], ids[:, 1:][keep])
+    torch.testing.assert_close(loss, want)
+
+
+def test_one_captioner_speaks_both_languages(chain):
+    out, _ = chain
+    _, tok, cfg = load_run(out / "vlm" / "tiny-caption-supervised-trained", topic="vlm")
+    assert prompt(tok, "zh") != prompt(tok, "en") and captioner_tokenizer(cfg.splits()).state_dict() == tok.state_dict()
+
+
+def test_missing_or_mismatched_sources_are_refused_in_one_line(tmp_path, chain):
+    out, _ = chain
+    with pytest.raises(ConfigError, match="llmpath vit compare"):
+        run_caption(build_config(CaptionRun, [*TINY, f"--out={tmp_path}"], CAPTION_PRESETS))
+    with pytest.raises(ConfigError, match="llmpath vlm lm"):
+        run_caption(build_config(CaptionRun, [*TINY, f"--out={tmp_path}",
+                                              f"--vit_from={out / 'vit' / 'tiny-mnist-5k-vit'}"], CAPTION_PRESETS))
+    with pytest.raises(ConfigError, match="1-channel images and these shapes scenes have 3"):
+        run_caption(build_config(CaptionRun, [*TINY, f"--out={out}", "--kind=shapes", "--name=shapes"],
+                                 CAPTION_PRESETS))
+    with pytest.raises(ConfigError, match="does not divide"):
+        run_caption(build_config(CaptionRun, [*TINY, f"--out={tmp_path}", "--vision=scratch", "--model.tiles=3",
+                                              "--model.decoder.block_size=200",
+                                              f"--lm_from={out / 'vlm' / 'tiny-lm'}"], CAPTION_PRESETS))
+    with pytest.raises(ConfigError, match="not a captioner"):
+        run_caption(build_config(CaptionRun, [*TINY, "--vision=clip", f"--out={out}", "--name=other",
+                                              f"--init_from={out / 'vlm' / 'tiny-lm'}"],
+                                 CAPTION_PRESETS))
+
+
+def test_every_command_is_declared_and_the_doctor_check_passes():
+    assert set(COMMANDS) == {"data", "clip", "lm", "caption", "compare", "describe"}
+    assert smoke().startswith("captioner ok")

@@ -9,7 +9,8 @@ from llmpath.config import ConfigError, build_config
 from llmpath.runs import load_run
 from llmpath.vlm.cli import COMMANDS, DescribeRun, describe, smoke
 from llmpath.vlm.experiments import (CAPTION_PRESETS, COMPARE_PRESETS, VARIANTS, CaptionRows, CaptionRun, CompareRun,
-                                     captioner_loss, captioner_tokenizer, compare, compare_table, prompt, run_caption)
+                                     captioner_loss, captioner_tokenizer, compare, compare_table, mean_loss, prompt,
+                                     run_caption)
 from llmpath.vlm.model import VLM
 
 TINY = ["--preset=tiny", "--train.progress=false"]
@@ -91,3 +92,14 @@ def test_missing_or_mismatched_sources_are_refused_in_one_line(tmp_path, chain):
 def test_every_command_is_declared_and_the_doctor_check_passes():
     assert set(COMMANDS) == {"data", "clip", "lm", "caption", "compare", "describe"}
     assert smoke().startswith("captioner ok")
+
+
+def test_the_validation_loss_reads_every_row_once(chain):
+    out, _ = chain
+    model, tok, cfg = load_run(out / "vlm" / "tiny-caption-scratch-trained", topic="vlm")
+    rows = CaptionRows(cfg.splits()["val"], tok, 4)
+    (whole,) = rows.in_order(len(rows.rows))
+    batches = rows.in_order(3)  # uneven batches, each padded to its own longest caption
+    assert sum(len(b[1]) for b in batches) == len(rows.rows)
+    with torch.no_grad():
+        assert abs(mean_loss(model, captioner_loss, batches) - float(captioner_loss(model, whole))) < 1e-5

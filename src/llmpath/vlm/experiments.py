@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from llmpath.common import count_params, log, setup_logging
 from llmpath.config import ConfigError, RunConfig, TrainConfig, opt, sub
-from llmpath.data.batching import EpochBatches, pad_sequences
+from llmpath.data.batching import EpochBatches, pad_sequences, sequential_batches
 from llmpath.llama.model import Llama, LlamaConfig
 from llmpath.plotting import save_fig, training_curves
 from llmpath.runs import comparable_config, load_run, reuse, start_run
@@ -92,6 +92,21 @@ class CaptionRows(EpochBatches):
             return ids
         return self.scenes.images[torch.as_tensor([self.rows[i][0] for i in idx])], ids
 
+    def in_order(self, batch_size: int = 256) -> list:
+        """Every row once, in order, in batches (for evaluation)."""
+        return [self._collate(idx) for idx in sequential_batches(len(self.rows), batch_size)]
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, loss_fn, batches: list) -> float:
+    """The loss per predicted token over all batches (each batch's mean weighted by its predicted tokens)."""
+    total = count = 0.0
+    for batch in batches:
+        ids = batch[1] if isinstance(batch, tuple) else batch
+        n = float((_targets(ids, 0) != -100).sum())
+        total, count = total + n * float(loss_fn(model, batch)), count + n
+    return total / max(count, 1.0)
+
 
 def _targets(ids: Tensor, pad_id: int) -> Tensor:
     """ids[:, 1:] with the pads and the language tag (given by the prompt, never predicted) set to -100."""
@@ -142,13 +157,11 @@ def run_lm(cfg: CaptionLMRun) -> dict:
     torch.manual_seed(cfg.seed)
     model = Llama(cfg.model)
     batches = CaptionRows(splits["train"], tok, cfg.train.batch_size, seed=cfg.seed, images=False)
-    val = CaptionRows(splits["val"], tok, 256, images=False)
+    val = CaptionRows(splits["val"], tok, 256, images=False).in_order()
     log.info(f"caption LM {count_params(model):,} parameters: {len(batches.rows)} training captions -> {run.path}")
 
-    @torch.no_grad()
     def evaluate(m: nn.Module) -> dict:
-        losses = [float(lm_loss(m, val(i))) for i in range(-(-len(val.rows) // 256))]
-        return {"val_loss": float(np.mean(losses))}
+        return {"val_loss": mean_loss(m, lm_loss, val)}
 
     res = fit(model, lm_loss, batches, cfg.train, run=run, evaluate=evaluate, unit="samples", restore_best=True)
     curves = save_fig(training_curves(read_metrics(run.path / "metrics.jsonl"), "描述语言模型（只有文字）"),
@@ -271,15 +284,13 @@ def run_caption(cfg: CaptionRun) -> dict:
     cfg, model = build_captioner(cfg, tok, splits["train"].images.shape[-1], splits["train"].images.shape[1])
     run = start_run(cfg, TOPIC, tokenizer=tok, key=key)
     batches = CaptionRows(splits["train"], tok, cfg.train.batch_size, seed=cfg.seed)
-    val = CaptionRows(splits["val"], tok, 256)
+    val = CaptionRows(splits["val"], tok, 256).in_order()
     trained, total = count_params(model), count_params(model, trainable_only=False)
     log.info(f"captioner ({cfg.vision} ViT, {cfg.decoder} decoder): {trained:,} of {total:,} "
              f"parameters train on {len(batches.rows)} captions -> {run.path}")
 
-    @torch.no_grad()
     def evaluate(m: nn.Module) -> dict:
-        losses = [float(captioner_loss(m, val(i))) for i in range(-(-len(val.rows) // 256))]
-        return {"val_loss": float(np.mean(losses))}
+        return {"val_loss": mean_loss(m, captioner_loss, val)}
 
     res = fit(model, captioner_loss, batches, cfg.train, run=run, evaluate=evaluate, unit="samples",
               restore_best=True)

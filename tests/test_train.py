@@ -174,3 +174,20 @@ def test_metrics_are_json_lines(tmp_path):
     rows = [json.loads(line) for line in lines]
     assert [r["step"] for r in rows if "train_loss" in r] == [2, 4, 6]
     assert all(math.isfinite(r["lr"]) for r in rows if "lr" in r)
+
+
+def test_a_param_group_follows_the_schedule_at_its_lr_scale():
+    """A group with lr_scale s gets s times the scheduled rate at every step; the others get the rate itself."""
+    model = make_model()
+    first, last = list(model[0].parameters()), list(model[3].parameters())
+    opt = torch.optim.AdamW([{"params": first, "lr_scale": 0.1}, {"params": last}], lr=1.0)
+    seen = []
+
+    def recording(m, batch):
+        seen.append([g["lr"] for g in opt.param_groups])
+        return loss_fn(m, batch)
+
+    c = cfg(max_steps=6, grad_accum=1, eval_interval=0)
+    fit(model, recording, batches, c, optimizer=opt)
+    for step, (scaled, plain) in enumerate(seen):
+        assert plain == pytest.approx(lr_at(step, c)) and scaled == pytest.approx(0.1 * lr_at(step, c))

@@ -9,8 +9,8 @@ from llmpath.config import ConfigError, build_config
 from llmpath.runs import load_run
 from llmpath.vlm.cli import COMMANDS, DescribeRun, describe, smoke
 from llmpath.vlm.experiments import (CAPTION_PRESETS, COMPARE_PRESETS, VARIANTS, CaptionRows, CaptionRun, CompareRun,
-                                     captioner_loss, captioner_tokenizer, compare, compare_table, mean_loss, prompt,
-                                     run_caption)
+                                     captioner_loss, captioner_optimizer, captioner_tokenizer, compare, compare_table,
+                                     mean_loss, prompt, run_caption)
 from llmpath.vlm.model import VLM
 
 TINY = ["--preset=tiny", "--train.progress=false"]
@@ -103,3 +103,17 @@ def test_the_validation_loss_reads_every_row_once(chain):
     assert sum(len(b[1]) for b in batches) == len(rows.rows)
     with torch.no_grad():
         assert abs(mean_loss(model, captioner_loss, batches) - float(captioner_loss(model, whole))) < 1e-5
+
+
+def test_a_pretrained_vit_can_train_at_a_fraction_of_the_rate(chain):
+    out, _ = chain
+    cfg = build_config(CaptionRun, [*TINY, f"--out={out}", "--decoder=trained", "--vision_lr=0.1"], CAPTION_PRESETS)
+    res = run_caption(cfg)
+    assert res["trained_params"] == res["params"]  # the ViT trains too
+    model, _, _ = load_run(out / "vlm" / "tiny-caption-supervised-tuned0.1-trained", topic="vlm")
+    vit, _, _ = load_run(out / "vit" / "tiny-mnist-5k-vit", topic="vit")
+    assert any(not torch.equal(v, vit.state_dict()[k]) for k, v in model.vit.state_dict().items())
+    vit_ids = {id(p) for p in model.vit.parameters()}
+    for g in captioner_optimizer(model, cfg).param_groups:
+        assert g["lr_scale"] == (0.1 if id(g["params"][0]) in vit_ids else 1.0)
+        assert len({id(p) in vit_ids for p in g["params"]}) == 1  # a group is all ViT or none of it

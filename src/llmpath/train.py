@@ -363,7 +363,7 @@ def fit(
         while step < end:
             lr = lr_at(step, cfg)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)  # a group may follow the schedule at a fraction of it
             total = 0.0
             for micro in range(cfg.grad_accum):
                 batch = batches(step * cfg.grad_accum + micro)

@@ -28,7 +28,7 @@ from llmpath.data.batching import EpochBatches, pad_sequences, sequential_batche
 from llmpath.llama.model import Llama, LlamaConfig
 from llmpath.plotting import save_fig, training_curves
 from llmpath.runs import comparable_config, load_run, reuse, start_run
-from llmpath.train import fit, read_metrics
+from llmpath.train import fit, param_groups, read_metrics
 from llmpath.vlm.data import LANGS, CaptionTokenizer, Scenes, scene_splits
 from llmpath.vlm.metrics import caption_scores
 from llmpath.vlm.model import VLM, VLMConfig, caption
@@ -183,6 +183,8 @@ class CaptionRun(SceneRun):
         "clip: the ViT of the CLIP run (--clip_from), frozen; scratch: a new ViT of stage 7's shape, tiled, trained")
     decoder: Literal["frozen", "trained"] = opt("frozen", "the caption LM (--lm_from) frozen, so only the projector "
                                                 "(and a scratch ViT) learn: LLaVA stage 1; or trained too: stage 2")
+    vision_lr: float = opt(0.0, "a pretrained ViT (supervised or clip) trains too, at this multiple of the learning "
+                           "rate (0: frozen, as LLaVA keeps it)", min=0)
     lm_from: str = opt("", "caption LM run the decoder starts from (default <out>/vlm/<preset>-lm)")
     clip_from: str = opt("", "CLIP run the ViT comes from with --vision=clip (default <out>/vlm/<preset>-clip)")
     vit_from: str = opt("", f"stage-7 ViT run for --vision=supervised (default <out>/vit/<preset>-{VIT_RUN})")
@@ -256,8 +258,22 @@ def build_captioner(cfg: CaptionRun, tok: CaptionTokenizer, size: int, channels:
             raise ConfigError(f"{cfg.init_from} is not a captioner of the same shape and sources; give a run of "
                               f"`llmpath vlm caption` with the same --vision and preset")
         model.load_state_dict(prev.state_dict())
-    model.freeze(vision=cfg.vision != "scratch", decoder=cfg.decoder == "frozen")
+    model.freeze(vision=cfg.vision != "scratch" and not cfg.vision_lr, decoder=cfg.decoder == "frozen")
     return cfg, model
+
+
+def captioner_optimizer(model: VLM, cfg: CaptionRun) -> torch.optim.AdamW:
+    """The shared loop's AdamW groups, the ViT's split off to follow the schedule at --vision_lr times the rate (a
+    pretrained encoder trained at the decoder's rate forgets what it knew before the decoder learns to read it)."""
+    vit = {id(p) for p in model.vit.parameters()}
+    scale = cfg.vision_lr if cfg.vision != "scratch" and cfg.vision_lr else 1.0
+    groups = []
+    for g in param_groups(model, cfg.train.weight_decay, cfg.train.decay_embeddings):
+        for part_scale, params in ((1.0, [p for p in g["params"] if id(p) not in vit]),
+                                   (scale, [p for p in g["params"] if id(p) in vit])):
+            if params:
+                groups.append({**g, "params": params, "lr_scale": part_scale})
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))
 
 
 def test_scores(model: VLM, scenes: Scenes, tok: CaptionTokenizer, max_new_tokens: int = 32,
@@ -275,7 +291,8 @@ def test_scores(model: VLM, scenes: Scenes, tok: CaptionTokenizer, max_new_token
 def run_caption(cfg: CaptionRun) -> dict:
     """Train the captioner (what --vision and --decoder leave unfrozen), caption the test scenes, write results.json."""
     setup_logging()
-    cfg = replace(cfg, name=f"{cfg.name or cfg.preset or 'default'}-caption-{cfg.vision}-{cfg.decoder}")
+    tuned = f"-tuned{cfg.vision_lr:g}" if cfg.vision_lr and cfg.vision != "scratch" else ""
+    cfg = replace(cfg, name=f"{cfg.name or cfg.preset or 'default'}-caption-{cfg.vision}{tuned}-{cfg.decoder}")
     if (done := reuse(cfg, TOPIC)) is not None:
         return done
     key = comparable_config(cfg)
@@ -293,7 +310,7 @@ def run_caption(cfg: CaptionRun) -> dict:
         return {"val_loss": mean_loss(m, captioner_loss, val)}
 
     res = fit(model, captioner_loss, batches, cfg.train, run=run, evaluate=evaluate, unit="samples",
-              restore_best=True)
+              restore_best=True, optimizer=captioner_optimizer(model, cfg))
     scores = test_scores(model, splits["test"], tok, cfg.max_new_tokens, cfg.num_beams)
     curves = save_fig(training_curves(read_metrics(run.path / "metrics.jsonl"),
                                       f"描述模型（ViT：{cfg.vision}，解码器：{cfg.decoder}）"), run.figures / "curves.png")

@@ -31,7 +31,7 @@ from llmpath.runs import comparable_config, load_run, reuse, start_run
 from llmpath.train import fit, param_groups, read_metrics
 from llmpath.vlm.data import LANGS, CaptionTokenizer, Scenes, scene_splits
 from llmpath.vlm.metrics import caption_scores
-from llmpath.vlm.model import VLM, VLMConfig, caption
+from llmpath.vlm.model import VLM, VLMConfig, caption, caption_loss, caption_targets
 
 TOPIC = "vlm"
 
@@ -110,9 +110,7 @@ def mean_loss(model: nn.Module, loss_fn, batches: list) -> float:
 
 def _targets(ids: Tensor, pad_id: int) -> Tensor:
     """ids[:, 1:] with the pads and the language tag (given by the prompt, never predicted) set to -100."""
-    targets = ids[:, 1:].masked_fill(ids[:, 1:] == pad_id, -100)
-    targets[:, 0] = -100
-    return targets
+    return caption_targets(ids, pad_id, prompt_len=2)
 
 
 def lm_loss(model: nn.Module, ids: Tensor) -> Tensor:
@@ -122,10 +120,9 @@ def lm_loss(model: nn.Module, ids: Tensor) -> Tensor:
 
 
 def captioner_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-    """The captioner's objective: the same next-token loss, the image's tokens in front."""
-    images, ids = batch
-    _, loss = model(images, ids[:, :-1], _targets(ids, 0))
-    return loss
+    """The captioner's objective: the same next-token loss, the image's tokens in front (model.py's caption_loss
+    after the two-token prompt)."""
+    return caption_loss(model, batch, prompt_len=2)
 
 
 # ------------------------------------------------------------------------------ the caption LM

@@ -142,12 +142,18 @@ class VLM(nn.Module):
         return self
 
 
-def caption_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-    """The shared fit's objective. batch = (images, ids), ids = [bos] caption [eos] pad ...: predict ids[1:] from
-    ids[:-1]; pad positions are not predicted."""
+def caption_targets(ids: Tensor, pad_id: int, prompt_len: int = 1) -> Tensor:
+    """ids[:, 1:] with the pads and the rest of the prompt (given, never predicted) set to -100."""
+    targets = ids[:, 1:].masked_fill(ids[:, 1:] == pad_id, -100)
+    targets[:, :prompt_len - 1] = -100
+    return targets
+
+
+def caption_loss(model: nn.Module, batch: tuple[Tensor, Tensor], prompt_len: int = 1) -> Tensor:
+    """The shared fit's objective. batch = (images, ids), ids = prompt caption [eos] pad ..., the prompt [bos] (or
+    [bos] and a language tag, prompt_len=2): predict what follows the prompt; pad positions are not predicted."""
     images, ids = batch
-    targets = ids[:, 1:].masked_fill(ids[:, 1:] == unwrap(model).cfg.pad_id, -100)
-    _, loss = model(images, ids[:, :-1], targets)
+    _, loss = model(images, ids[:, :-1], caption_targets(ids, unwrap(model).cfg.pad_id, prompt_len))
     return loss
 
 

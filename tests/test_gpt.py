@@ -118,6 +118,23 @@ def test_stop_tokens_and_max_length():
     assert list(stream(m, prompt, 20, greedy=True, stop_tokens=[stop])) == out
 
 
+def test_stream_scored_gives_streams_tokens_and_the_models_log_probabilities():
+    from llmpath.generation import stream_scored
+
+    m = tiny(seed=8)
+    prompt = torch.randint(0, 23, (1, 4))
+    kw = dict(temperature=0.8, top_p=0.9)
+    tokens = list(stream(m, prompt, 12, generator=torch.Generator().manual_seed(1), **kw))
+    scored = list(stream_scored(m, prompt, 12, top=3, generator=torch.Generator().manual_seed(1), **kw))
+    assert [s.token for s in scored] == tokens
+    with torch.no_grad():  # one forward over prompt + tokens: row t-1 predicts token t, before temperature/top-p
+        logp = m(torch.cat([prompt, torch.tensor([tokens])], 1))[0][0, 3:-1].log_softmax(-1)
+    assert torch.allclose(torch.tensor([s.logprob for s in scored]), logp[range(12), tokens], atol=1e-5)
+    top = logp.topk(3)
+    assert [[i for i, _ in s.top] for s in scored] == top.indices.tolist()
+    assert torch.allclose(torch.tensor([[lp for _, lp in s.top] for s in scored]), top.values, atol=1e-5)
+
+
 def test_temperature_zero_is_greedy_and_top_k_one_too():
     m = tiny(seed=7)
     prompt = torch.randint(0, 23, (1, 3))

@@ -1,4 +1,4 @@
-"""The one command line: `llmpath <topic> <command> [--key=value ...]`, `llmpath tour`, `llmpath doctor`.
+"""The one command line: `llmpath <topic> <command> [--key=value ...]`, `llmpath tour | doctor | serve`.
 
 The topics come from llmpath.topics (the one registry the tour and the doctor read too).
 """
@@ -13,13 +13,14 @@ from llmpath.config import Command, ConfigError, build_config, help_text
 from llmpath.topics import TOPICS
 
 USAGE = """usage: llmpath <topic> <command> [--key=value ...]
-       llmpath list | tour | doctor | <topic> --help
+       llmpath list | tour | doctor | serve | <topic> --help
 
 examples:
   llmpath list                         topics, presets and datasets
   llmpath tour                         run every stage's small preset and write runs/tour/report.md
   llmpath mlp train --preset=tiny      train one topic (options: llmpath mlp train --help)
   llmpath doctor                       check python, torch, device, datasets, fonts, write access
+  llmpath serve                        the playground at http://127.0.0.1:8000 and an OpenAI-compatible API
 """
 
 EXIT_USAGE = 2
@@ -103,9 +104,13 @@ def main(argv: list[str] | None = None) -> int:
             from llmpath.doctor import main as doctor_main
 
             return doctor_main(rest)
+        if head == "serve":
+            from llmpath.serve.cli import main as serve_main
+
+            return serve_main(rest)
         if head in TOPICS:
             return run_topic(head, rest)
-        raise ConfigError(f"unknown topic or command '{head}'; choose one of: list, tour, doctor, {', '.join(TOPICS)}")
+        raise ConfigError(f"unknown topic or command '{head}'; choose one of: list, tour, doctor, serve, {', '.join(TOPICS)}")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

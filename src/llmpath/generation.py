@@ -2,6 +2,7 @@
 
     ids = generate(model, prompt_ids, max_new_tokens=200, temperature=0.8, top_k=50)
     for tok in stream(model, prompt_ids, max_new_tokens=200): print(tok)
+    for s in stream_scored(model, prompt_ids, top=5): print(s.token, s.logprob, s.top)   # with probabilities
     best = beam_search(model, prompt_ids, num_beams=4, max_new_tokens=30)
 
 A language model gives p(x_t | x_<t); generating is a loop that turns the last position's logits
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -165,8 +167,9 @@ def _new_cache(model: nn.Module, batch: int) -> KVCache:
 def _steps(model: nn.Module, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
            top_p: float | None = None, repetition_penalty: float = 1.0, greedy: bool = False,
            stop_tokens: Sequence[int] = (), use_cache: bool = True, generator: torch.Generator | None = None,
-           prefix: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield (next tokens (B,), finished (B,)) per step; stops when every row has hit a stop token."""
+           prefix: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Yield (next tokens (B,), finished (B,), the model's logits (B, V)) per step; stops when every row has hit a
+    stop token. The logits are the model's own, before temperature and filtering (stream_scored reads them)."""
     if temperature <= 0:
         greedy, temperature = True, 1.0  # temperature 0 is the limit of sharpening: argmax
     seqs = idx  # already cropped to the context by the caller
@@ -177,8 +180,8 @@ def _steps(model: nn.Module, idx: Tensor, max_new_tokens: int, temperature: floa
     model.eval()
     try:
         for _ in range(max_new_tokens):
-            logits = process_logits(_next_logits(model, seqs, cache, prefix), seqs, temperature, top_k, top_p,
-                                    repetition_penalty)
+            raw = _next_logits(model, seqs, cache, prefix)
+            logits = process_logits(raw, seqs, temperature, top_k, top_p, repetition_penalty)
             if greedy:
                 nxt = logits.argmax(-1)
             else:
@@ -187,7 +190,7 @@ def _steps(model: nn.Module, idx: Tensor, max_new_tokens: int, temperature: floa
                 nxt = torch.where(finished, stops[0], nxt)  # rows already done keep emitting the stop token
                 finished = finished | torch.isin(nxt, stops)
             seqs = torch.cat([seqs, nxt[:, None]], dim=1)
-            yield nxt, finished
+            yield nxt, finished, raw
             if finished.all():
                 break
     finally:
@@ -203,7 +206,7 @@ def generate(model: nn.Module, idx: Tensor | Sequence[int], max_new_tokens: int 
     Rows that stop early are padded with the first stop token.
     """
     idx = crop_prompt(_as_batch(idx, model), _room(model, prefix))
-    new = [t[:, None] for t, _ in _steps(model, idx, max_new_tokens, prefix=prefix, **kw)]
+    new = [t[:, None] for t, _, _ in _steps(model, idx, max_new_tokens, prefix=prefix, **kw)]
     return torch.cat([idx, *new], dim=1)
 
 
@@ -213,8 +216,35 @@ def stream(model: nn.Module, idx: Tensor | Sequence[int], max_new_tokens: int = 
     idx = crop_prompt(_as_batch(idx, model), _room(model, prefix))
     if idx.shape[0] != 1 or (prefix is not None and prefix.shape[0] != 1):
         raise ValueError("stream() takes one prompt (and one prefix); use generate() for a batch")
-    for nxt, finished in _steps(model, idx, max_new_tokens, prefix=prefix, **kw):
+    for nxt, finished, _ in _steps(model, idx, max_new_tokens, prefix=prefix, **kw):
         yield int(nxt[0])
+        if finished[0]:
+            return
+
+
+class Scored(NamedTuple):
+    """One generated token with the model's log-probabilities (its softmax, before temperature and filtering)."""
+
+    token: int
+    logprob: float  # log p(token | everything before it)
+    top: list[tuple[int, float]]  # the most likely tokens at this step and their log-probabilities, best first
+
+
+def stream_scored(model: nn.Module, idx: Tensor | Sequence[int], max_new_tokens: int = 100, top: int = 5,
+                  prefix: Tensor | None = None, **kw) -> Iterator[Scored]:
+    """stream() that also says how likely the model found each token and which others it considered.
+
+    The tokens are exactly stream()'s for the same options and generator; the probabilities are the model's own
+    distribution (what temperature and top-p then reshape), as OpenAI's logprobs report them.
+    """
+    idx = crop_prompt(_as_batch(idx, model), _room(model, prefix))
+    if idx.shape[0] != 1 or (prefix is not None and prefix.shape[0] != 1):
+        raise ValueError("stream_scored() takes one prompt (and one prefix); use generate() for a batch")
+    for nxt, finished, raw in _steps(model, idx, max_new_tokens, prefix=prefix, **kw):
+        logp = raw[0].log_softmax(-1)
+        best = logp.topk(min(top, logp.numel())) if top > 0 else None
+        alternatives = [] if best is None else list(zip(best.indices.tolist(), best.values.tolist()))
+        yield Scored(int(nxt[0]), float(logp[nxt[0]]), alternatives)
         if finished[0]:
             return
 

@@ -230,13 +230,20 @@ def test_runs_metrics_and_files(url, runs):
     assert httpx.get(url + "/").headers["content-type"].startswith("text/html")
 
 
-def test_tokenize_view_equals_the_tokenizer(url, runs):
+def test_look_inside_views(url, runs):
     from llmpath.runs import load_run
 
     tok = load_run(runs / "chat/tiny-sft").tokenizer
     text = "你好, world"
     r = httpx.post(url + "/api/tokenize", json={"model": "chat/tiny-sft", "text": text}).json()
     assert [t["id"] for t in r["tokens"]] == tok.encode(text) and r["chars"] == len(text)
+    att = httpx.post(url + "/api/attention", json={"model": "bert/tiny", "text": "to be or not"}).json()
+    maps = torch.tensor(att["maps"])  # (L, H, T, T) with [CLS] and [SEP]
+    assert att["kind"] == "bidirectional" and maps.shape[:2] == (att["n_layer"], att["n_head"])
+    assert maps.shape[2] == maps.shape[3] == len(att["tokens"]) and att["tokens"][0] == "[CLS]"
+    assert torch.allclose(maps.sum(-1), torch.ones(maps.shape[:3]), atol=1e-3)
+    kv = httpx.post(url + "/api/kv", json={"model": "chat/tiny-sft", "text": text}).json()
+    assert kv["prompt_tokens"] == len(tok.encode(text)) and kv["points"][-1] == [128, 128 * kv["bytes_per_token"]]
     bad = httpx.post(url + "/api/kv", json={"model": "bert/tiny", "text": "hi"})
     assert bad.status_code == 400 and "no kv view" in bad.json()["error"]["message"]
 

@@ -79,6 +79,23 @@ def check_writable(out: str = "runs") -> Check:
     return True, str(path.resolve()), ""
 
 
+def check_playground() -> Check:
+    """`llmpath serve` can start: its server packages import and the app with its pages builds."""
+    try:
+        import starlette
+        import uvicorn
+
+        from llmpath.serve.app import STATIC, create_app
+    except ImportError as e:
+        return False, f"{e.name or e} missing", "reinstall the dependencies: `make install`"
+    with tempfile.TemporaryDirectory() as runs:
+        create_app(runs)
+    pages = sorted(p.name for p in STATIC.glob("*.*"))
+    if "index.html" not in pages:
+        return False, f"no pages in {STATIC}", "reinstall llmpath: `make install`"
+    return True, f"starlette {starlette.__version__}, uvicorn {uvicorn.__version__}, pages: {', '.join(pages)}", ""
+
+
 def check_topic(topic: str, target: str) -> Callable[[], Check]:
     def check() -> Check:
         mod, fn = target.split(":")
@@ -94,7 +111,8 @@ def all_checks(out: str = "runs") -> list[tuple[str, Callable[[], Check], bool]]
     from llmpath.data.corpora import DATASETS
 
     checks = [("python", check_python, True), ("torch", check_torch, True), ("device", check_device, True),
-              ("cjk font", check_fonts, False), ("runs/ writable", lambda: check_writable(out), True)]
+              ("cjk font", check_fonts, False), ("runs/ writable", lambda: check_writable(out), True),
+              ("playground", check_playground, True)]
     checks += [(f"dataset {n}", check_dataset(n), True) for n in DATASETS]
     from llmpath.topics import TOPICS
 

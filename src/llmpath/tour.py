@@ -299,4 +299,7 @@ def main(argv: list[str]) -> int:
     if len(shown) > len(results):
         print(f"(the report also shows {len(shown) - len(results)} stage(s) from an earlier tour; --only=0 re-runs all)")
     print(f"\ntotal {total:.0f} s; report: {report} (and report.md)")
+    runs_opt = "" if Path(cfg.out) == Path("runs") else f" --runs={cfg.out}"
+    print(f"talk to the trained models and look inside them: llmpath serve{runs_opt}  (then open "
+          "http://127.0.0.1:8000)")
     return 0 if all(r["passed"] for r in results) else 1

@@ -64,13 +64,17 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0, maps: list | None = None) -> Tensor:
+        """(B, T, C) -> (B, T, C); `maps` (a list) gets this layer's weights (B, nh, T, T_k), hand-written path."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         k, v, mask, causal = cached_kv(q, k, v, cache, layer)  # with a cache: every key so far
-        y, _ = scaled_dot_product_attention(q, k, v, mask=mask, causal=causal,
-                                            dropout=self.dropout if self.training else 0.0, sdpa=self.sdpa)
+        y, w = scaled_dot_product_attention(q, k, v, mask=mask, causal=causal,
+                                            dropout=self.dropout if self.training else 0.0,
+                                            sdpa=self.sdpa and maps is None)  # the fused kernel gives no weights
+        if maps is not None:
+            maps.append(w)
         y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
         return self.resid_drop(self.c_proj(y))
 
@@ -98,8 +102,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x: Tensor, cache: KVCache | None = None, layer: int = 0, maps: list | None = None) -> Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, maps)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -132,8 +136,9 @@ class GPT(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def hidden(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
-        """Final-LayerNorm states (B, T, n_embd): what the LM head and a classifier head read."""
+    def hidden(self, idx: Tensor, cache: KVCache | None = None, maps: list | None = None) -> Tensor:
+        """Final-LayerNorm states (B, T, n_embd): what the LM head and a classifier head read;
+        `maps` collects each layer's attention weights."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.cfg.block_size:
@@ -142,15 +147,16 @@ class GPT(nn.Module):
         pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.h):
-            x = block(x, cache, i)
+            x = block(x, cache, i, maps)
         if cache is not None:
             cache.pos += T
         return self.ln_f(x)
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, cache: KVCache | None = None,
-                last_only: bool = False) -> tuple[Tensor, Tensor | None]:
-        """Logits (B, T, V), or (B, 1, V) with last_only; loss = mean cross-entropy where targets != -100."""
-        x = self.hidden(idx, cache)
+                last_only: bool = False, maps: list | None = None) -> tuple[Tensor, Tensor | None]:
+        """Logits (B, T, V), or (B, 1, V) with last_only; loss = mean cross-entropy where targets != -100;
+        `maps` (a list) gets each layer's attention weights (B, nh, T, T_k)."""
+        x = self.hidden(idx, cache, maps)
         if last_only:
             x = x[:, -1:]  # generation only needs the next token: skips (T-1) rows of the big head matmul
         logits = self.lm_head(x)

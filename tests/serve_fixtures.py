@@ -6,10 +6,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
-import time
 from pathlib import Path
 
 TINY_RUNS = (("gpt", "train"), ("bert", "train"), ("transformer", "train"), ("chat", "pretrain"), ("chat", "sft"))
@@ -43,28 +39,8 @@ def tiny_runs(tmp_path_factory) -> Path:
     return root
 
 
-@contextlib.contextmanager
 def running_server(runs_dir: Path, **limits):
-    """The playground app under uvicorn on 127.0.0.1 at a free port, in a thread; yields its base URL."""
-    import uvicorn
+    """The playground app under uvicorn on 127.0.0.1, a free port, in a thread; yields its base URL."""
+    from llmpath.serve.app import Limits, background_server
 
-    from llmpath.serve.app import Limits, create_app
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(runs_dir, limits=Limits(**limits)), log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the playground server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    return background_server(runs_dir, limits=Limits(**limits))

@@ -12,6 +12,7 @@ Routes (the JSON shapes follow OpenAI's API reference for the /v1 ones):
     GET  /api/runs/<topic>/<name>/metrics    its metrics.jsonl rows
     POST /api/tokenize | /api/attention | /api/kv    the look-inside views ({"model": id, "text": ...})
     GET  /files/<path>              pictures, pages and JSON under the runs folder (the tour report)
+    GET  /fonts/cjk.otf             the Chinese font of our figures, for machines without one
     GET  /                          the pages (static/)
 
 Every refused request is a 4xx with OpenAI's error object {"error": {"message", "type", "param", "code"}}: one
@@ -21,6 +22,7 @@ event loop, and at most `workers` generate at once; the others wait their turn.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -386,6 +388,14 @@ def create_app(runs_dir: str | Path = "runs", device: str = "cpu", limits: Limit
                                     f"{', '.join(sorted(FILE_TYPES))} files of the runs folder)")
         return FileResponse(path)
 
+    async def cjk_font(request: Request) -> Response:
+        from llmpath.plotting import cjk_font_files
+
+        files = cjk_font_files()  # Noto Sans CJK SC from the mplfonts package: the font our figures use
+        if not files:
+            raise RequestError(404, "no CJK font installed (the mplfonts package ships one: `make install`)")
+        return FileResponse(files[0], media_type="font/otf", headers={"Cache-Control": "max-age=86400"})
+
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html")
 
@@ -418,6 +428,7 @@ def create_app(runs_dir: str | Path = "runs", device: str = "cpu", limits: Limit
         Route("/api/kv", look_inside("kv"), methods=["POST"]),
         Route("/files/{path:path}", files),
         Route("/healthz", healthz),
+        Route("/fonts/cjk.otf", cjk_font),
         Route("/", index),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
@@ -427,3 +438,33 @@ def create_app(runs_dir: str | Path = "runs", device: str = "cpu", limits: Limit
     app.state.store, app.state.limits = store, limits
     return app
 
+
+@contextlib.contextmanager
+def background_server(runs_dir: str | Path = "runs", device: str = "cpu", limits: Limits | None = None):
+    """The app under uvicorn on 127.0.0.1 at a free port, in a thread of this process; yields its base URL.
+
+        with background_server("runs") as url:      # tests, the docs' screenshots, a notebook
+            openai.OpenAI(base_url=url + "/v1", api_key="-").models.list()
+    """
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # port 0: the system picks a free one
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(runs_dir, device, limits), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            raise RuntimeError("the playground server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

@@ -228,6 +228,8 @@ def test_runs_metrics_and_files(url, runs):
     assert httpx.get(url + "/files/gpt/tiny/ckpt/best.pt").status_code == 404  # weights are not served
     assert httpx.get(url + "/files/..%2F..%2Fetc%2Fpasswd").status_code == 404
     assert httpx.get(url + "/").headers["content-type"].startswith("text/html")
+    font = httpx.get(url + "/fonts/cjk.otf")  # Noto Sans CJK SC from mplfonts, for machines without a CJK font
+    assert font.status_code == 200 and font.headers["content-type"] == "font/otf" and font.content[:4] == b"OTTO"
 
 
 def test_look_inside_views(url, runs):

@@ -98,6 +98,7 @@ def test_chat_uses_the_template_and_stops_at_im_end(client, runs):
     _, tok, _ = _reference(runs, "chat/tiny-sft", [0], 1, 0)
     prompt, _ = encode_chat(tok, messages, add_generation_prompt=True)
     stops = [tok.special_tokens[s] for s in ("<|im_end|>", "<|im_start|>", "<|endoftext|>")]
+    split_chars = 0
     for seed in range(4):
         r = client.chat.completions.create(model="chat/tiny-sft", messages=messages, max_tokens=20, seed=seed)
         _, _, steps = _reference(runs, "chat/tiny-sft", prompt, 20, seed, stops)
@@ -111,8 +112,12 @@ def test_chat_uses_the_template_and_stops_at_im_end(client, runs):
         assert chunks[0].choices[0].delta.role == "assistant"
         assert "".join(c.choices[0].delta.content or "" for c in chunks) == r.choices[0].message.content
         scored = [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+        # a token holding part of a character's bytes is sent with the token that completes it: no empty chunks
+        assert all(c.choices[0].delta.content for c in chunks if c.choices[0].logprobs)
+        split_chars += sum(len(c.choices[0].logprobs.content) > 1 for c in chunks if c.choices[0].logprobs)
         assert [t.logprob for t in scored] == pytest.approx([s.logprob for s in steps[:len(scored)]], abs=1e-4)
         assert all(len(t.top_logprobs) == 2 for t in scored)
+    assert split_chars > 0  # the tiny BPE leaves many characters in pieces: the grouping above was exercised
 
 
 def test_stop_sequences_cut_the_text_in_both_modes(client):

@@ -226,8 +226,14 @@ def _stream(gen: Generation, chunk, final, include_usage: bool, first: dict | No
     if first is not None:
         yield _sse(first)
     try:
+        waiting: list[Piece] = []  # tokens holding only part of a character's bytes: sent with the one completing it
         for piece in gen.pieces():
-            yield _sse(chunk([piece]))
+            waiting.append(piece)
+            if piece.text:
+                yield _sse(chunk(waiting))
+                waiting = []
+        if waiting:
+            yield _sse(chunk(waiting))
         yield _sse(final(gen.finish_reason))
         if include_usage:
             yield _sse({**final(None), "choices": [], "usage": gen.usage()})
@@ -367,15 +373,15 @@ def create_app(runs_dir: str | Path = "runs", device: str = "cpu", limits: Limit
             m, tok, topic = served.model, served.tok, served.info.topic
 
             def work() -> dict:
-                if view == "tokens":
-                    tokens = inspect.token_pieces(tok, text)
-                    return {"tokens": tokens, "count": len(tokens), "chars": len(text)}
-                if view == "attention":
-                    return inspect.attention(m, tok, topic, text)
-                return inspect.kv_cache(m, tok, topic, text)
+                with gate:  # in the worker thread: waiting for a slot never blocks the event loop
+                    if view == "tokens":
+                        tokens = inspect.token_pieces(tok, text)
+                        return {"tokens": tokens, "count": len(tokens), "chars": len(text)}
+                    if view == "attention":
+                        return inspect.attention(m, tok, topic, text)
+                    return inspect.kv_cache(m, tok, topic, text)
 
-            with gate:
-                result = await run_in_threadpool(work)
+            result = await run_in_threadpool(work)
             return JSONResponse({"model": served.info.id, **result})
 
         return endpoint

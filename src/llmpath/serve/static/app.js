@@ -258,6 +258,11 @@ function appendPiece(box, text, toks) {
   if (!text) return;
   if (toks && toks.length === 1) box.append(tokenSpan({...toks[0], token: text}));
   else if (toks && toks.length && toks.map(x => x.token).join("") === text) toks.forEach(x => box.append(tokenSpan(x)));
+  else if (toks && toks.length) {
+    // byte-level BPE wrote one character in several tokens (each a part of its UTF-8 bytes): one span whose
+    // probability is the product of theirs, with the alternatives of the first, where the character was chosen
+    box.append(tokenSpan({token: text, p: toks.reduce((acc, x) => acc * x.p, 1), alts: toks[0].alts}));
+  }
   else box.append(el("span", {class: "plain"}, text));  // no per-token numbers came with this piece
   box.scrollTop = box.scrollHeight;
 }

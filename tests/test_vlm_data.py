@@ -10,9 +10,9 @@ import torch
 
 from llmpath.config import ConfigError
 from llmpath.vit.data import load_mnist_5k, split_images
-from llmpath.vlm.data import (CANVAS, CELLS, COLOUR_RGB, LANGS, ZERO_SHOT, CaptionTokenizer, Scenes, build_tokenizer,
-                              caption_tokenizer_from_state, data_card, digit_caption, digit_pools, parse_digits,
-                              parse_shapes, scene_batches, scene_splits, scenes_figure, shape_caption,
+from llmpath.vlm.data import (CANVAS, CELLS, COLOUR_RGB, LANGS, ZERO_SHOT, CaptionRows, CaptionTokenizer, Scenes,
+                              build_tokenizer, caption_tokenizer_from_state, data_card, digit_caption, digit_pools,
+                              parse_digits, parse_shapes, scene_splits, scenes_figure, shape_caption,
                               single_digit_scenes)
 from llmpath.vlm.metrics import caption_scores
 
@@ -189,24 +189,25 @@ def test_tokenizer_specials_and_unknowns():
 
 # ----------------------------------------------------------------------- batches, card, figure
 
-def test_scene_batches(two):
+def test_caption_rows_of_one_language(two):
     tok = build_tokenizer(two)
     for lang, length in (("zh", 9), ("en", 8)):
-        batches = scene_batches(two["train"], tok, lang, batch_size=16, seed=3)
+        batches = CaptionRows(two["train"], tok, 16, seed=3, langs=(lang,), tags=False)
         x, ids = batches(0)
         assert x.shape == (16, 1, CANVAS, CANVAS) and ids.shape == (16, length + 2) and ids.dtype == torch.long
         assert (ids[:, 0] == tok.bos_id).all() and (ids[:, -1] == tok.eos_id).all()
-        idx = batches.indices(0)
+        idx = batches.indices(0)  # one language: row i is scene i
         assert torch.equal(x, two["train"].images[torch.as_tensor(idx)])
         assert tok.decode(ids[0].tolist()) == two["train"].captions[lang][idx[0]]
-        assert torch.equal(batches(5)[1], scene_batches(two["train"], tok, lang, batch_size=16, seed=3)(5)[1])
-    x, _ = scene_batches(two["train"], tok, "zh", 8, stats=(0.5, 0.25))(0)
-    assert float(x.min()) == pytest.approx(-2.0)
+        again = CaptionRows(two["train"], tok, 16, seed=3, langs=(lang,), tags=False)
+        assert torch.equal(batches(5)[1], again(5)[1])
+    with pytest.raises(ConfigError, match="unknown caption language 'fr'"):
+        CaptionRows(two["train"], tok, 16, langs=("fr",))
 
 
 def test_padding_of_captions_of_different_lengths(grid):
     tok = build_tokenizer(grid)
-    x, ids = scene_batches(grid["train"], tok, "en", batch_size=64)(0)
+    x, ids = CaptionRows(grid["train"], tok, 64, langs=("en",), tags=False)(0)
     lengths = (ids != tok.pad_id).sum(1)
     assert ids.shape[1] == int(lengths.max()) and int(lengths.min()) < int(lengths.max())
     for row, n in zip(ids, lengths):

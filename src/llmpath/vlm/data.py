@@ -4,7 +4,7 @@
     splits = scene_splits("digits", min_objects=3, max_objects=4)   # 3-4 digits in a 2x2 grid
     splits = scene_splits("shapes")             # 1-2 coloured shapes (Pillow): "左上有一个红色的大圆"
     tok = build_tokenizer(splits)               # closed vocabulary: characters, words, digits, punctuation
-    batches = scene_batches(splits["train"], tok, "zh", batch_size=64)   # for llmpath.train.fit
+    batches = CaptionRows(splits["train"], tok, batch_size=64, langs=("zh",), tags=False)   # for llmpath.train.fit
     print(data_card(splits))
 
 Digit scenes: mnist-5k's 5,000 images are first split into disjoint train/val/test pools of source images
@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from llmpath.config import ConfigError
-from llmpath.data.batching import EpochBatches, pad_sequences
-from llmpath.vit.data import ImageSet, load_mnist_5k, normalize, split_images
+from llmpath.data.batching import EpochBatches, pad_sequences, sequential_batches
+from llmpath.vit.data import ImageSet, load_mnist_5k, split_images
 
 CANVAS = 56  # default image side: a 2x2 grid of 28-px cells; ViT patch 7 -> 8x8 = 64 patches
 KINDS = ("digits", "shapes")
@@ -413,33 +413,47 @@ def caption_tokenizer_from_state(state: dict) -> CaptionTokenizer:
     return CaptionTokenizer(list(state["tokens"]))
 
 
-def build_tokenizer(splits: dict[str, Scenes]) -> CaptionTokenizer:
-    """One vocabulary for both languages: the training captions plus the zero-shot prompts for the ten digits."""
+def build_tokenizer(splits: dict[str, Scenes], zero_shot: bool = True, words: tuple[str, ...] = ()) -> CaptionTokenizer:
+    """One vocabulary for both languages: the training captions, the zero-shot prompts for the ten digits (CLIP
+    reads them; zero_shot=False leaves them out) and `words` (the captioner's language tags)."""
     texts = [c for caps in splits["train"].captions.values() for c in caps]
-    texts += [t.format(d=d) for t in ZERO_SHOT.values() for d in range(10)]
-    return CaptionTokenizer.build(texts)
+    if zero_shot:
+        texts += [t.format(d=d) for t in ZERO_SHOT.values() for d in range(10)]
+    return CaptionTokenizer.build(texts + list(words))
 
 
 # ---------------------------------------------------------------------------- batches, card, figure
 
-def encode_captions(scenes: Scenes, tok: CaptionTokenizer, lang: str) -> list[list[int]]:
-    """[bos] + caption + [eos] for every scene."""
-    if lang not in scenes.captions:
-        raise ConfigError(f"unknown caption language '{lang}'; choose one of: {', '.join(scenes.captions)}")
-    return [[tok.bos_id, *tok.encode(c), tok.eos_id] for c in scenes.captions[lang]]
+def prompt(tok: CaptionTokenizer, lang: str, tags: bool = True) -> list[int]:
+    """What a caption follows: [bos] and, for a model that writes both languages, the language tag."""
+    return [tok.bos_id, tok.stoi[lang]] if tags else [tok.bos_id]
 
 
-def scene_batches(scenes: Scenes, tok: CaptionTokenizer, lang: str = "zh", batch_size: int = 64, seed: int = 0,
-                  stats: tuple[float, float] | None = None) -> EpochBatches:
-    """Shuffled (images (B, C, S, S), ids (B, T)) batches for `fit`; ids = [bos] + caption + [eos], right-padded
-    with pad_id to the longest in the batch. stats=(mean, std) scales the images (None: raw [0, 1] pixels)."""
-    seqs = encode_captions(scenes, tok, lang)  # once, not per batch
+class CaptionRows(EpochBatches):
+    """Shuffled (images (B, C, S, S), ids (B, T)) batches over every (scene, language) of `langs`.
 
-    def collate(idx: np.ndarray) -> tuple[Tensor, Tensor]:
-        x = scenes.images[torch.as_tensor(idx)]
-        return (x if stats is None else normalize(x, *stats)), pad_sequences([seqs[i] for i in idx], tok.pad_id)
+    ids = [bos] tag caption [eos] (without the tag when tags=False: a model that writes one language), right-padded
+    with pad_id to the longest row of the batch. images=False gives the ids alone (a caption language model).
+    """
 
-    return EpochBatches(len(scenes), batch_size, collate, seed)
+    def __init__(self, scenes: Scenes, tok: CaptionTokenizer, batch_size: int, seed: int = 0, images: bool = True,
+                 langs: tuple[str, ...] = LANGS, tags: bool = True):
+        if unknown := [lang for lang in langs if lang not in scenes.captions]:
+            raise ConfigError(f"unknown caption language '{unknown[0]}'; choose from: {', '.join(scenes.captions)}")
+        self.rows = [(i, prompt(tok, lang, tags) + tok.encode(c) + [tok.eos_id])  # encoded once, not per batch
+                     for lang in langs for i, c in enumerate(scenes.captions[lang])]
+        self.scenes, self.pad_id, self.with_images = scenes, tok.pad_id, images
+        super().__init__(len(self.rows), batch_size, self._collate, seed)
+
+    def _collate(self, idx: np.ndarray):
+        ids = pad_sequences([self.rows[i][1] for i in idx], self.pad_id)
+        if not self.with_images:
+            return ids
+        return self.scenes.images[torch.as_tensor([self.rows[i][0] for i in idx])], ids
+
+    def in_order(self, batch_size: int = 256) -> list:
+        """Every row once, in order, in batches (for evaluation)."""
+        return [self._collate(idx) for idx in sequential_batches(len(self.rows), batch_size)]
 
 
 def data_card(splits: dict[str, Scenes]) -> str:

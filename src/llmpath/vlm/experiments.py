@@ -18,18 +18,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from llmpath.common import count_params, log, setup_logging
 from llmpath.config import ConfigError, RunConfig, TrainConfig, opt, sub
-from llmpath.data.batching import EpochBatches, pad_sequences, sequential_batches
 from llmpath.llama.model import Llama, LlamaConfig
 from llmpath.plotting import save_fig, training_curves
 from llmpath.runs import comparable_config, load_run, reuse, start_run
 from llmpath.train import fit, param_groups, read_metrics
-from llmpath.vlm.data import LANGS, CaptionTokenizer, Scenes, scene_splits
+from llmpath.vlm.data import LANGS, CaptionRows, CaptionTokenizer, Scenes, build_tokenizer, prompt, scene_splits
 from llmpath.vlm.metrics import caption_scores
 from llmpath.vlm.model import VLM, VLMConfig, caption, caption_loss, caption_targets
 
@@ -62,39 +60,7 @@ class SceneRun(RunConfig):
 
 def captioner_tokenizer(splits: dict[str, Scenes]) -> CaptionTokenizer:
     """The captions' closed vocabulary plus the two language tags (plain words no caption uses)."""
-    return CaptionTokenizer.build([c for caps in splits["train"].captions.values() for c in caps] + list(LANGS))
-
-
-def tag_id(tok: CaptionTokenizer, lang: str) -> int:
-    return tok.stoi[lang]
-
-
-def prompt(tok: CaptionTokenizer, lang: str) -> list[int]:
-    """What a caption is generated after: [bos] and the language tag."""
-    return [tok.bos_id, tag_id(tok, lang)]
-
-
-class CaptionRows(EpochBatches):
-    """Shuffled (images, ids) batches over every (scene, language): ids = [bos] tag caption [eos], right-padded.
-
-    images=None gives ids alone, for the caption language model."""
-
-    def __init__(self, scenes: Scenes, tok: CaptionTokenizer, batch_size: int, seed: int = 0,
-                 images: bool = True):
-        self.rows = [(i, prompt(tok, lang) + tok.encode(c) + [tok.eos_id])
-                     for lang in LANGS for i, c in enumerate(scenes.captions[lang])]
-        self.scenes, self.pad_id, self.with_images = scenes, tok.pad_id, images
-        super().__init__(len(self.rows), batch_size, self._collate, seed)
-
-    def _collate(self, idx: np.ndarray):
-        ids = pad_sequences([self.rows[i][1] for i in idx], self.pad_id)
-        if not self.with_images:
-            return ids
-        return self.scenes.images[torch.as_tensor([self.rows[i][0] for i in idx])], ids
-
-    def in_order(self, batch_size: int = 256) -> list:
-        """Every row once, in order, in batches (for evaluation)."""
-        return [self._collate(idx) for idx in sequential_batches(len(self.rows), batch_size)]
+    return build_tokenizer(splits, zero_shot=False, words=LANGS)
 
 
 @torch.no_grad()

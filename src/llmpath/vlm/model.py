@@ -1,7 +1,7 @@
 """A LLaVA-style captioner: the ViT's patch features, projected, are the first tokens the decoder reads.
 
     model = VLM(VLMConfig(decoder=LlamaConfig(vocab_size=tok.vocab_size, block_size=96)))
-    fit(model, caption_loss, scene_batches(splits["train"], tok, "zh"), TrainConfig(max_steps=500))
+    fit(model, caption_loss, CaptionRows(splits["train"], tok, 64, langs=("zh",), tags=False), TrainConfig(max_steps=500))
     caption(model, images, tok)                  # ["左边是 3，右边是 7", ...]
 
 Liu et al. 2023, "Visual Instruction Tuning" (LLaVA, https://arxiv.org/abs/2304.08485) and "Improved Baselines

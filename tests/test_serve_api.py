@@ -263,3 +263,33 @@ def test_serve_command_refuses_bad_options_in_one_line(capsys, tmp_path):
     assert main(["serve", "--port=70000"]) == 2
     assert "--port" in one_line_error(capsys)
     assert main(["serve", "--help"]) == 0 and "OpenAI-compatible" in capsys.readouterr().out
+
+
+def test_the_serve_command_serves_and_stops_cleanly_on_ctrl_c(runs):
+    """`llmpath serve` as a learner starts it: models listed, Ctrl-C ends it with exit 0 and no traceback."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "llmpath", "serve", f"--runs={runs}", f"--port={port}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "llmpath serve did not start"
+                time.sleep(0.2)
+        assert {m["id"] for m in models["data"]} == {"gpt/tiny", "chat/tiny", "chat/tiny-sft"}
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in out, out
+    assert f"http://127.0.0.1:{port}" in out and "3 model(s)" in out

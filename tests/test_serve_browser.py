@@ -135,6 +135,128 @@ def test_an_api_error_shows_in_the_alert_area(tab):
     assert not page.is_visible("#alert")
 
 
+def compare(page, first, second):
+    """Pick the run and the run to compare it with (the second picker's empty value: no comparison)."""
+    page.select_option("#gen-model", first)
+    page.select_option("#gen-compare", second)
+
+
+def spans(page, box) -> list[dict]:
+    """The token spans in `box`: their text and probability."""
+    return page.eval_on_selector_all(f"{box} .tok", "ss => ss.map(s => ({text: s.textContent, p: +s.dataset.p}))")
+
+
+def test_compare_two_text_runs_side_by_side(tab):
+    page = tab.page
+    compare(page, "chat/tiny", "gpt/tiny")
+    assert page.get_attribute("#gen-max-tokens", "max") == "32"  # the smaller context: gpt/tiny's block_size
+    compare(page, "gpt/tiny", "chat/tiny")  # chat/tiny is a base model: both continue text
+    assert page.is_visible("#text-view") and not page.is_visible("#chat-view")
+    assert "续写视图" in page.inner_text("#gen-view-hint")
+    assert page.inner_text("#text-head-a") == "gpt/tiny" and page.inner_text("#text-head-b") == "chat/tiny"
+    set_sampling(page, max_tokens=24, seed=0)
+    page.fill("#prompt", "To be")
+    # count the columns already finished whenever the page starts a request: at the same time means none yet
+    page.evaluate("""() => { const f = window.fetch; window.doneAtFetch = [];
+        window.fetch = (...a) => { doneAtFetch.push(document.querySelectorAll('#text-cols .finish').length);
+                                   return f(...a); }; }""")
+    page.press("#prompt", "Enter")
+    page.wait_for_selector("#text-out .finish")
+    page.wait_for_selector("#text-out-b .finish")
+    assert page.evaluate("doneAtFetch") == [0, 0]  # two fetches, both started before either stream ended
+    assert page.inner_text("#text-out .prompt-echo") == page.inner_text("#text-out-b .prompt-echo") == "To be"
+    assert len(spans(page, "#text-out")) == 24  # the char model: one span per token
+    # chat/tiny reads bytes: a character made of several byte tokens is one span, so up to 24 spans for 24 tokens;
+    # the column holds exactly what the API answers to the same prompt and settings
+    answer = page.evaluate("""fetch('/v1/completions', {method: 'POST', headers: {'Content-Type': 'application/json'},
+        body: JSON.stringify({model: 'chat/tiny', prompt: 'To be', max_tokens: 24, seed: 0, temperature: 0.8})})
+        .then(r => r.json())""")["choices"][0]
+    b = spans(page, "#text-out-b")
+    assert 1 <= len(b) <= 24 and "".join(s["text"] for s in b) == answer["text"]
+    reason = page.get_attribute("#text-out-b .finish", "data-i18n")
+    assert reason == f"finish_{answer['finish_reason']}" and all(0 < s["p"] <= 1 for s in b)
+    page.hover("#text-out-b .tok >> nth=0")  # the same tooltip in both columns
+    assert page.is_visible("#tip") and page.locator("#tip tr").count() == 5
+    page.hover("#text-out .tok >> nth=3")
+    assert page.inner_text("#tip .tip-p").startswith(page.inner_text("#text-out .tok >> nth=3").replace(" ", "␣"))
+    tab.done("compare-text")
+
+
+def test_compare_stop_stops_both_and_one_error_leaves_the_other(tab):
+    page = tab.page
+    compare(page, "gpt/tiny", "chat/tiny")
+    set_sampling(page, max_tokens=16)
+    page.fill("#prompt", "To be")
+    # send, then Stop in the same moment: both fetches have started and both are aborted
+    page.evaluate("$('text-send').click(); document.querySelector('#text-view .stop-btn').click()")
+    page.wait_for_function("document.querySelectorAll('#text-cols .finish').length === 2")
+    notes = page.eval_on_selector_all("#text-cols .finish", "ns => ns.map(n => n.dataset.i18n)")
+    assert notes == ["finish_aborted", "finish_aborted"] and not page.is_visible("#alert")
+    assert not page.is_disabled("#text-send") and page.is_disabled("#text-view .stop-btn")
+    # a prompt longer than gpt/tiny's context (32): gpt/tiny refuses it at once, chat/tiny (128) writes on to the end
+    set_sampling(page, max_tokens=32)
+    page.fill("#prompt", "To be, or not to be, that is the question:")
+    page.click("#text-send")
+    page.wait_for_selector("#text-out-b .finish")
+    assert page.get_attribute("#text-out .finish", "data-i18n") == "finish_error"
+    assert page.get_attribute("#text-out-b .finish", "data-i18n") == "finish_length"  # not stopped by the error
+    assert page.inner_text("#alert-text").startswith("gpt/tiny: ") and "32" in page.inner_text("#alert-text")
+    assert page.locator("#text-out .tok").count() == 0 and page.locator("#text-out-b .tok").count() >= 1
+    tab.done("compare-error", allow=("Failed to load resource",))  # the browser logs the 400 itself
+
+
+def test_compare_a_chat_run_with_itself(tab):
+    page = tab.page
+    compare(page, "chat/tiny-sft", "chat/tiny-sft")
+    assert page.is_visible("#chat-view") and not page.is_visible("#text-view")
+    assert "对话视图" in page.inner_text("#gen-view-hint")
+    assert page.inner_text("#chat-head-a") == page.inner_text("#chat-head-b") == "chat/tiny-sft"
+
+    def ask(message, turn):
+        page.fill("#chat-input", message)
+        page.press("#chat-input", "Enter")
+        page.wait_for_function(f"document.querySelectorAll('#chat-cols .msg.assistant .finish').length === {2 * turn}")
+        return spans(page, "#messages .msg:last-child"), spans(page, "#messages-b .msg:last-child")
+
+    set_sampling(page, max_tokens=16, seed=0)
+    a, b = ask("Hello!", 1)
+    assert a == b and len(a) >= 1  # the same model, prompt and seed: the same tokens, the same probabilities
+    set_sampling(page, max_tokens=16, seed=2)
+    a2, b2 = ask("Hi again", 2)  # each column sends its own history: here the same, so still the same answer
+    assert a2 == b2 and a2 != a
+    for box in ("#messages", "#messages-b"):  # the user's messages are in both columns
+        assert page.eval_on_selector_all(f"{box} .msg.user .body", "bs => bs.map(b => b.textContent)") == [
+            "Hello!", "Hi again"]
+    page.focus("#messages-b .tok >> nth=0")  # keyboard: the tooltip follows focus in the second column too
+    assert page.is_visible("#tip")
+    tab.done("compare-chat")
+    page.click("#chat-reset")
+    assert page.locator("#chat-cols .msg").count() == 0
+
+
+def test_clearing_the_compare_picker_returns_to_one_column(tab):
+    page = tab.page
+    compare(page, "chat/tiny-sft", "gpt/tiny")  # a chat run and a text run: both use the text view
+    assert page.is_visible("#text-view") and page.is_visible("#text-out-b")
+    assert "gpt/tiny" in page.inner_text("#gen-view-hint") and page.get_attribute("#gen-max-tokens", "max") == "32"
+    page.select_option("#gen-compare", "")
+    assert page.is_visible("#chat-view") and not page.is_visible("#text-view")  # one chat run: its conversation
+    assert not page.is_visible("#messages-b") and not page.is_visible("#chat-head-a")
+    assert not page.is_visible("#gen-view-hint") and page.get_attribute("#gen-max-tokens", "max") == "128"
+    assert "compare" not in page.get_attribute("#chat-cols", "class")
+    page.select_option("#gen-model", "gpt/tiny")
+    set_sampling(page, max_tokens=8)
+    page.fill("#prompt", "To be")
+    page.click("#text-send")
+    page.wait_for_selector("#text-out .finish")
+    assert page.locator("#text-out .tok").count() == 8 and page.locator("#text-out-b *").count() == 0
+    page.click("#lang-en")  # the picker and its empty choice in English
+    assert page.inner_text("label[for='gen-compare']") == "Compare with (optional)"
+    assert page.inner_text("#gen-compare option[value='']") == "(none)"
+    assert page.evaluate("JSON.stringify(Object.keys(TEXT.zh).sort()) === JSON.stringify(Object.keys(TEXT.en).sort())")
+    tab.done("compare-cleared")
+
+
 def weights(page) -> list[float]:
     """The attention weight shaded behind each of the prompt's token buttons."""
     return [float(w) for w in page.eval_on_selector_all("#att-tokens .att-tok", "bs => bs.map(b => b.dataset.w)")]

@@ -9,7 +9,8 @@
 const TEXT = {
   zh: {
     tabs_label: "页面", tab_chat: "生成与对话", tab_inspect: "模型内部", tab_runs: "训练记录", close: "关闭",
-    run: "模型（训练记录）", temperature: "温度 temperature", top_p: "top_p（核采样）",
+    run: "模型（训练记录）", compare: "对比模型（可选）", compare_none: "（不对比）",
+    temperature: "温度 temperature", top_p: "top_p（核采样）",
     max_tokens: "最多生成的词元数 max_tokens", seed: "随机种子 seed（可选）", optional: "可选",
     stop: "停止词 stop（可选）", stop_ph: "例如 \\n",
     prob_legend: "每个生成的词元按模型给它的概率上色（红 = 低，绿 = 高）。鼠标悬停或用 Tab 键聚焦，可看概率和备选词元。",
@@ -20,6 +21,10 @@ const TEXT = {
     no_gen_runs: "runs/ 里还没有能生成文本的模型。先训练一个，例如：llmpath gpt --preset=tiny",
     model_info: "类型：{kind} · 上下文长度 block_size = {block}", kind_chat: "对话（chat 模板）", kind_text: "续写",
     finish_stop: "〔停止：遇到停止词或结束符〕", finish_length: "〔停止：达到 max_tokens〕", finish_aborted: "〔已手动停止〕",
+    finish_error: "〔出错：见页面上方的提示〕",
+    view_chat: "对比：两个都是对话模型，用对话视图。你的每条消息同时发给两边，每一列保留它自己模型的回答；两边用同一组采样设置。",
+    view_text_both: "对比：两个都是续写模型，用续写视图：同一个提示词，两边用同一组采样设置各自往下写。",
+    view_text_one: "对比：{run} 是续写模型，所以两边都用续写视图（对话模型也能通过 /v1/completions 直接续写原文）；两边用同一组采样设置。",
     prob: "概率", alts: "最可能的几个词元", network_error: "连不上服务器：{msg}",
     text: "文本", views_label: "视图", view_tokens: "分词器", view_attention: "注意力", view_kv: "KV 缓存",
     no_inspect_runs: "runs/ 里还没有可以查看内部的模型。",
@@ -41,7 +46,8 @@ const TEXT = {
   },
   en: {
     tabs_label: "Pages", tab_chat: "Generate & chat", tab_inspect: "Look inside", tab_runs: "Runs", close: "Close",
-    run: "Run", temperature: "Temperature", top_p: "top_p (nucleus)", max_tokens: "Max tokens",
+    run: "Run", compare: "Compare with (optional)", compare_none: "(none)",
+    temperature: "Temperature", top_p: "top_p (nucleus)", max_tokens: "Max tokens",
     seed: "Seed (optional)", optional: "optional", stop: "Stop sequence (optional)", stop_ph: "e.g. \\n",
     prob_legend: "Each generated token is coloured by the model's probability for it (red = low, green = high). Hover it or Tab to it to see the probability and the alternatives.",
     prompt: "Prompt", prompt_ph: "Write a beginning; the model carries on…", generate: "Generate", stop_gen: "Stop",
@@ -51,7 +57,10 @@ const TEXT = {
     no_gen_runs: "No run in runs/ can generate text yet. Train one first, e.g. llmpath gpt --preset=tiny",
     model_info: "kind: {kind} · block_size = {block}", kind_chat: "chat (chat template)", kind_text: "text continuation",
     finish_stop: "[stopped: stop sequence or end token]", finish_length: "[stopped: max_tokens reached]",
-    finish_aborted: "[stopped by you]",
+    finish_aborted: "[stopped by you]", finish_error: "[error: see the message at the top]",
+    view_chat: "Comparing: both are chat models, so the conversation view: each message you send goes to both, and each column keeps its own run's answers; both use the same sampling settings.",
+    view_text_both: "Comparing: both are text models, so the text view: the same prompt, continued by each run with the same sampling settings.",
+    view_text_one: "Comparing: {run} is a text model, so both use the text view (a chat model can continue raw text through /v1/completions too), with the same sampling settings.",
     prob: "probability", alts: "most likely tokens", network_error: "Cannot reach the server: {msg}",
     text: "Text", views_label: "Views", view_tokens: "Tokenizer", view_attention: "Attention", view_kv: "KV cache",
     no_inspect_runs: "No run in runs/ can be looked inside yet.",
@@ -195,13 +204,15 @@ async function stream(path, body, onChunk, signal) {
   }
 }
 
+const errorText = e => (e instanceof ApiError ? e.message : String(e.message || e));
+
 /** Run a user action; any failure goes to the alert area, never to the console. */
 async function guard(fn) {
   try {
     $("alert").hidden = true;
     await fn();
   } catch (e) {
-    if (e.name !== "AbortError") showError(e instanceof ApiError ? e.message : String(e.message || e));
+    if (e.name !== "AbortError") showError(errorText(e));
   }
 }
 
@@ -295,40 +306,72 @@ function setupTooltip() {
 
 /* ---------- 6. Generate & chat: a run picker, sampling controls, a prompt box or a conversation ---------- */
 
-const gen = {models: [], controller: null, history: []};
+const gen = {models: [], controller: null, chat: false, cols: []};
+
+/** Column `i` (0: the first run, 1: the run compared with it): its text box, its conversation, its headings. */
+const COLS = [
+  {out: "text-out", messages: "messages", heads: ["text-head-a", "chat-head-a"], boxes: []},
+  {out: "text-out-b", messages: "messages-b", heads: ["text-head-b", "chat-head-b"],
+    boxes: ["text-col-b", "chat-col-b"]},  // only shown when comparing
+];
 
 async function loadModels() {
   gen.models = (await getJSON("/v1/models")).data;
-  $("gen-model").replaceChildren(...gen.models.map(m => el("option", {value: m.id}, m.id)));
+  const options = () => gen.models.map(m => el("option", {value: m.id}, m.id));
+  $("gen-model").replaceChildren(...options());
+  $("gen-compare").replaceChildren(el("option", {value: "", "data-i18n": "compare_none"}, t("compare_none")),
+    ...options());
   $("gen-empty").hidden = gen.models.length > 0;
   onModelChange();
 }
 
 const currentModel = () => gen.models.find(m => m.id === $("gen-model").value);
+const compareModel = () => gen.models.find(m => m.id === $("gen-compare").value);
 
 function renderModelInfo() {
-  const m = currentModel();
-  $("gen-model-info").textContent = m ? t("model_info", {kind: t(`kind_${m.kind}`), block: m.block_size}) : "";
+  const info = m => (m ? t("model_info", {kind: t(`kind_${m.kind}`), block: m.block_size}) : "");
+  $("gen-model-info").textContent = info(currentModel());
+  $("gen-compare-info").textContent = info(compareModel());
+  const [a, b] = gen.cols.map(c => c.model);
+  const hint = $("gen-view-hint");
+  hint.hidden = !b;
+  if (!b) return;
+  const text = [a, b].filter(m => m.kind !== "chat");
+  hint.textContent = gen.chat ? t("view_chat")
+    : text.length === 2 ? t("view_text_both") : t("view_text_one", {run: text[0].id});
 }
 
+/** One run or two: the chat view only when every chosen run chats (a chat model continues raw text too). */
 function onModelChange() {
-  const m = currentModel();
-  $("text-view").hidden = !m || m.kind === "chat";
-  $("chat-view").hidden = !m || m.kind !== "chat";
+  const runs = [currentModel(), compareModel()].filter(Boolean);
+  gen.cols = runs.map((model, i) => ({model, i, history: []}));
+  gen.chat = runs.length > 0 && runs.every(m => m.kind === "chat");
+  const comparing = runs.length === 2;
+  $("text-view").hidden = !runs.length || gen.chat;
+  $("chat-view").hidden = !gen.chat;
+  for (const id of ["text-cols", "chat-cols"]) $(id).classList.toggle("compare", comparing);
+  COLS.forEach((c, i) => {
+    for (const id of c.boxes) $(id).hidden = !comparing;
+    for (const id of c.heads) {
+      $(id).hidden = !comparing;  // one run: its name is in the picker already
+      $(id).textContent = runs[i] ? runs[i].id : "";
+    }
+  });
   renderModelInfo();
-  if (m) {  // prompt + max_tokens must fit in block_size: keep the default well inside a small model's context
+  if (runs.length) {  // prompt + max_tokens must fit in every block_size: keep the default well inside the smaller
+    const block = Math.min(...runs.map(m => m.block_size));
     const box = $("gen-max-tokens");
-    box.max = m.block_size;
-    box.value = Math.min(parseInt(box.value, 10) || 16, Math.max(1, Math.floor(m.block_size / 2)));
+    box.max = block;
+    box.value = Math.min(parseInt(box.value, 10) || 16, Math.max(1, Math.floor(block / 2)));
   }
   resetChat();
-  $("text-out").replaceChildren();
+  for (const c of COLS) $(c.out).replaceChildren();
 }
 
-/** The sampling options from the controls; seed and stop only when filled in. */
-function sampling() {
+/** The sampling options from the controls for `model`; seed and stop only when filled in. */
+function sampling(model) {
   const num = (id, fallback) => (Number.isFinite(parseFloat($(id).value)) ? parseFloat($(id).value) : fallback);
-  const body = {model: $("gen-model").value, temperature: num("gen-temperature", 1), top_p: num("gen-top-p", 1),
+  const body = {model, temperature: num("gen-temperature", 1), top_p: num("gen-top-p", 1),
     max_tokens: Math.round(num("gen-max-tokens", 16))};
   if ($("gen-seed").value.trim() !== "") body.seed = parseInt($("gen-seed").value, 10);
   // "\n" typed in the box means a newline: a real newline cannot be typed into a one-line field
@@ -340,22 +383,46 @@ function setBusy(busy) {
   for (const b of document.querySelectorAll(".stop-btn")) b.disabled = !busy;
   $("text-send").disabled = busy;
   $("chat-send").disabled = busy;
+  // a new run or a reset mid-stream would clear the columns that the answers still coming are written into
+  $("chat-reset").disabled = busy;
+  $("gen-model").disabled = busy;
+  $("gen-compare").disabled = busy;
 }
 
-/** Stream one generation into `box`; a note at the end says why it stopped. */
-async function runStream(path, body, box, onChunk) {
-  gen.controller = new AbortController();
-  setBusy(true);
+/** Stream one generation into `box`; a note at the end says why it stopped (Stop is not an error). */
+async function runStream(path, body, box, onChoice, signal) {
   const note = reason => box.append(
     el("span", {class: "finish", "data-i18n": `finish_${reason}`}, t(`finish_${reason}`)));
   try {
     await stream(path, body, chunk => {
-      onChunk(chunk.choices[0]);
+      onChoice(chunk.choices[0]);
       if (chunk.choices[0].finish_reason) note(chunk.choices[0].finish_reason);
-    }, gen.controller.signal);
+    }, signal);
   } catch (e) {
+    note(e.name === "AbortError" ? "aborted" : "error");
     if (e.name !== "AbortError") throw e;
-    note("aborted");
+  }
+}
+
+/** Run `one(col, signal)` for every column at once (two fetches when comparing); Stop aborts them all. A column's
+ *  error goes to the alert area as it happens (with its run id when comparing) and the other column carries on.
+ *  Resolves to one boolean per column: did it end without an error. */
+async function streamColumns(one) {
+  gen.controller = new AbortController();
+  const signal = gen.controller.signal;
+  const errors = [];
+  setBusy(true);
+  try {
+    return await Promise.all(gen.cols.map(async col => {
+      try {
+        await one(col, signal);
+        return true;
+      } catch (e) {
+        errors.push(gen.cols.length > 1 ? `${col.model.id}: ${errorText(e)}` : errorText(e));
+        showError(errors.join("\n"));
+        return false;
+      }
+    }));
   } finally {
     gen.controller = null;
     setBusy(false);
@@ -365,51 +432,52 @@ async function runStream(path, body, box, onChunk) {
 async function generateText() {
   const prompt = $("prompt").value;
   if (!prompt || gen.controller) return;
-  const out = $("text-out");
-  out.replaceChildren(el("span", {class: "prompt-echo"}, prompt));
-  await runStream("/v1/completions", {...sampling(), prompt, logprobs: 5}, out,
-    c => appendPiece(out, c.text, textLogprobs(c.logprobs)));
+  await streamColumns((col, signal) => {
+    const out = $(COLS[col.i].out);
+    out.replaceChildren(el("span", {class: "prompt-echo"}, prompt));
+    return runStream("/v1/completions", {...sampling(col.model.id), prompt, logprobs: 5}, out,
+      c => appendPiece(out, c.text, textLogprobs(c.logprobs)), signal);
+  });
 }
 
 function resetChat() {
-  gen.history = [];
-  $("messages").replaceChildren();
+  for (const col of gen.cols) col.history = [];
+  for (const c of COLS) $(c.messages).replaceChildren();
 }
 
-function addMessage(role, content) {
+function addMessage(col, role, content) {
   const body = el("div", {class: "body"}, content);
   const who = el("div", {class: "who", "data-i18n": `role_${role}`}, t(`role_${role}`));
   const msg = el("div", {class: `msg ${role}`}, who, body);
-  $("messages").append(msg);
+  $(COLS[col.i].messages).append(msg);
   return msg;
 }
 
+/** Send the user's message to every column's run, each with its own history (its own model's earlier answers). */
 async function sendChat() {
   const text = $("chat-input").value.trim();
   if (!text || gen.controller) return;
   $("chat-input").value = "";
-  gen.history.push({role: "user", content: text});
-  const asked = addMessage("user", text);
-  const answer = addMessage("assistant", "");
-  const box = answer.querySelector(".body");
   const system = $("system").value.trim();
-  const messages = system ? [{role: "system", content: system}, ...gen.history] : [...gen.history];
-  let reply = "";
-  try {
-    await runStream("/v1/chat/completions", {...sampling(), messages, logprobs: true, top_logprobs: 5}, box, c => {
-      const piece = (c.delta && c.delta.content) || "";
-      reply += piece;
-      appendPiece(box, piece, chatLogprobs(c.logprobs));
-      $("messages").scrollTop = $("messages").scrollHeight;
-    });
-    gen.history.push({role: "assistant", content: reply});
-  } catch (e) {
-    // nothing came back: take the question out again so the user can fix the settings and resend
-    gen.history.pop();
-    asked.remove();
-    answer.remove();
+  const turns = gen.cols.map(col => ({asked: addMessage(col, "user", text), answer: addMessage(col, "assistant", "")}));
+  const ok = await streamColumns(async (col, signal) => {
+    const box = turns[col.i].answer.querySelector(".body");
+    const history = [...col.history, {role: "user", content: text}];
+    const messages = system ? [{role: "system", content: system}, ...history] : history;
+    let reply = "";
+    await runStream("/v1/chat/completions", {...sampling(col.model.id), messages, logprobs: true, top_logprobs: 5},
+      box, c => {
+        const piece = (c.delta && c.delta.content) || "";
+        reply += piece;
+        appendPiece(box, piece, chatLogprobs(c.logprobs));
+        $(COLS[col.i].messages).scrollTop = $(COLS[col.i].messages).scrollHeight;
+      }, signal);
+    col.history = [...history, {role: "assistant", content: reply}];  // a failed column leaves this turn out
+  });
+  if (!ok.some(Boolean)) {
+    // nothing came back from any run: take the question out again so the user can fix the settings and resend
+    for (const {asked, answer} of turns) { asked.remove(); answer.remove(); }
     $("chat-input").value = text;
-    throw e;
   }
 }
 
@@ -751,6 +819,7 @@ function start() {
   ins.selectSub = setupTabs($("subtabs"), tab => { ins.view = tab.id.slice(4); guard(refreshInspect); });
 
   $("gen-model").addEventListener("change", onModelChange);
+  $("gen-compare").addEventListener("change", onModelChange);
   $("text-send").addEventListener("click", () => guard(generateText));
   $("chat-send").addEventListener("click", () => guard(sendChat));
   $("chat-reset").addEventListener("click", resetChat);

@@ -4,8 +4,8 @@
     .venv/bin/python docs/playground_screenshots.py --runs=/tmp/runs --out=/tmp/shots
 
 Needs the dev extra (playwright) and the system's chromium, like the browser tests. Each picture is one thing a
-learner does: talk to the chat model and hover a token, click a token in the attention explorer, watch the KV cache
-grow, put training curves side by side. A run the folder lacks is skipped with a line saying which.
+learner does: talk to the chat model and hover a token, ask the SFT model and an aligned one the same thing, click
+a token in the attention explorer, watch the KV cache grow, put training curves side by side. A run the folder lacks is skipped with a line saying which.
 """
 
 from __future__ import annotations
@@ -36,6 +36,21 @@ def chat(page, out: Path, run: str) -> None:
     tokens = page.locator(".msg.assistant .tok")
     tokens.nth(min(2, tokens.count() - 1)).hover()  # the tooltip: this token's probability and the alternatives
     page.screenshot(path=str(out / "playground_chat.png"))
+
+
+def compare(page, out: Path, runs: tuple[str, str]) -> None:
+    page.click("#tab-chat")
+    page.select_option("#gen-model", runs[0])
+    page.select_option("#gen-compare", runs[1])
+    page.fill("#gen-max-tokens", "48")
+    page.fill("#gen-temperature", "0.8")
+    page.fill("#gen-seed", "0")
+    page.fill("#chat-input", "写一条差评")
+    page.press("#chat-input", "Enter")
+    page.wait_for_function("document.querySelectorAll('.finish').length >= 2", timeout=60_000)
+    page.screenshot(path=str(out / "playground_compare.png"))
+    page.select_option("#gen-compare", "")
+    page.click("#chat-reset")
 
 
 def inspect(page, out: Path, run: str, text: str) -> None:
@@ -76,6 +91,7 @@ def main() -> None:
     store = ModelStore(args.runs)
     chat_run = first(store, "chat/small-sft", "chat/tiny-sft")
     att_run = first(store, "chat/small-sft", "gpt/small", "chat/tiny-sft", "gpt/tiny")
+    pair = (first(store, "chat/small-sft"), first(store, "chat/small-dpo", "chat/small-ppo", "chat/small-grpo"))
     curve_runs = [r for r in ("gpt/small", "llama/small", "llama/small-moe") if first(store, r)]
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     with background_server(args.runs) as url, sync_playwright() as p:
@@ -85,6 +101,7 @@ def main() -> None:
         page.goto(url + "/", wait_until="load")
         page.wait_for_selector("#gen-model option", state="attached")
         for name, run, shoot in (("chat", chat_run, lambda: chat(page, out, chat_run)),
+                                 ("compare", all(pair) and pair, lambda: compare(page, out, pair)),
                                  ("attention and KV cache", att_run,
                                   lambda: inspect(page, out, att_run, "今天天气很好，我们去公园散步。")),
                                  ("training curves", curve_runs, lambda: curves(page, out, curve_runs))):

@@ -54,6 +54,11 @@ def test_models_lists_the_decoders_and_their_kind(client):
     assert set(models) == {"gpt/tiny", "chat/tiny", "chat/tiny-sft"}  # BERT and the Transformer do not generate
     assert models["chat/tiny-sft"].kind == "chat" and models["chat/tiny"].kind == "text"  # the base only continues
     assert models["gpt/tiny"].block_size == 32
+    assert client.models.retrieve("chat/tiny-sft").kind == "chat"
+    with pytest.raises(openai.NotFoundError, match="does not generate"):
+        client.models.retrieve("bert/tiny")
+    with pytest.raises(openai.NotFoundError, match="no run"):
+        client.models.retrieve("gpt/none")
 
 
 def test_completion_equals_the_generation_module_and_reports_the_models_logprobs(client, runs):

@@ -5,7 +5,7 @@
     client.chat.completions.create(model="chat/small-sft", messages=[{"role": "user", "content": "你好"}])
 
 Routes (the JSON shapes follow OpenAI's API reference for the /v1 ones):
-    GET  /v1/models                 the runs that generate text
+    GET  /v1/models[/<id>]          the runs that generate text (or one of them)
     POST /v1/completions            continue a prompt (text models), stream=true for server-sent events
     POST /v1/chat/completions       answer a conversation in the chat template (chat models)
     GET  /api/runs                  every run: what it can do, a few results, whether it has curves
@@ -262,11 +262,20 @@ def create_app(runs_dir: str | Path = "runs", device: str = "cpu", limits: Limit
     async def load(data: dict) -> ServedModel:
         return await run_in_threadpool(served_model, data)  # the first request of a run loads it: off the loop
 
+    def model_object(r) -> dict:
+        return {"id": r.id, "object": "model", "created": r.created, "owned_by": "llmpath", "kind": r.kind,
+                "topic": r.topic, "block_size": r.block_size}
+
     async def models(request: Request) -> JSONResponse:
         infos = await run_in_threadpool(store.models)
-        return JSONResponse({"object": "list", "data": [
-            {"id": r.id, "object": "model", "created": r.created, "owned_by": "llmpath", "kind": r.kind,
-             "topic": r.topic, "block_size": r.block_size} for r in infos]})
+        return JSONResponse({"object": "list", "data": [model_object(r) for r in infos]})
+
+    async def one_model(request: Request) -> JSONResponse:
+        run_id = request.path_params["model"]
+        info = await run_in_threadpool(store.info, run_id)
+        if not info.generates:
+            raise UnknownModel(f"{run_id} is a run that does not generate text; GET /v1/models lists those that do")
+        return JSONResponse(model_object(info))
 
     async def completions(request: Request) -> Response:
         data = await read_body(request, limits)
@@ -425,6 +434,7 @@ def create_app(runs_dir: str | Path = "runs", device: str = "cpu", limits: Limit
 
     routes = [
         Route("/v1/models", models),
+        Route("/v1/models/{model:path}", one_model),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/api/runs", runs),

@@ -87,6 +87,13 @@ def _ids(runs, run_id, text):
     return load_run(runs / run_id).tokenizer.encode(text)
 
 
+def test_a_continuation_may_go_past_the_context_as_the_generation_module_does(client, runs):
+    """gpt/tiny reads 32 tokens; 40 new ones slide the window, exactly as generation.stream does."""
+    r = client.completions.create(model="gpt/tiny", prompt="ROMEO:", max_tokens=40, seed=2)
+    _, tok, steps = _reference(runs, "gpt/tiny", _ids(runs, "gpt/tiny", "ROMEO:"), 40, 2)
+    assert r.usage.completion_tokens == 40 and r.choices[0].text == tok.decode([s.token for s in steps])
+
+
 def test_streaming_gives_the_same_text_as_one_response(client):
     kw = dict(model="gpt/tiny", prompt="KING:", max_tokens=15, seed=7, temperature=0.9, top_p=0.95)
     whole = client.completions.create(**kw).choices[0]
@@ -148,7 +155,7 @@ def test_temperature_zero_is_greedy_and_seed_makes_sampling_repeatable(client):
 @pytest.mark.parametrize("body, status, words", [
     ({"model": "gpt/none", "prompt": "x"}, 404, "no run 'gpt/none'"),
     ({"model": "gpt/tiny", "prompt": "x", "max_tokens": -1}, 400, "max_tokens=-1"),
-    ({"model": "gpt/tiny", "prompt": "x", "max_tokens": 40}, 400, "ask for at most"),
+    ({"model": "gpt/tiny", "prompt": "x", "max_tokens": 2000}, 400, "max_tokens=2000 is out of range"),
     ({"model": "gpt/tiny", "prompt": "x" * 40}, 400, "reads at most 32"),
     ({"model": "gpt/tiny", "prompt": "x", "temperature": 3}, 400, "temperature=3"),
     ({"model": "gpt/tiny", "prompt": "x", "n": 2}, 400, "n > 1"),
@@ -174,6 +181,9 @@ def test_bad_chat_requests_through_the_client(client):
         client.chat.completions.create(model="gpt/tiny", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.BadRequestError, match="message 0"):
         client.chat.completions.create(model="chat/tiny-sft", messages=[{"role": "robot", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="ask for at most"):  # a reply must fit with the question
+        client.chat.completions.create(model="chat/tiny-sft", messages=[{"role": "user", "content": "hi"}],
+                                       max_tokens=200)
     with pytest.raises(openai.BadRequestError, match="reads at most 128"):
         client.chat.completions.create(model="chat/tiny-sft", messages=[{"role": "user", "content": "长" * 200}])
     assert client.chat.completions.create(model="chat/tiny-sft", messages=[{"role": "user", "content": "hi"}],

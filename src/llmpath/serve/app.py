@@ -121,8 +121,10 @@ def _stops(data: dict) -> list[str]:
 
 
 def sampling(data: dict, served: ServedModel, prompt_len: int, limits: Limits, default_max: int | None,
-             top_logprobs: int) -> Sampling:
-    """The request's sampling options, checked against the model's context: prompt + max_tokens must fit."""
+             top_logprobs: int, slide: bool = False) -> Sampling:
+    """The request's sampling options, checked against the model's context: the prompt must fit, and so must
+    prompt + max_tokens unless `slide` (a text continuation may go on past the context, the model then reading
+    the last block_size tokens, as `llmpath gpt sample` does; a chat reply may not: it would lose the question)."""
     if _number(data, "n", 1, int, 1) != 1:
         raise RequestError(400, "n > 1 is not supported; send one request per completion", "n")
     room = served.block_size - prompt_len
@@ -134,7 +136,7 @@ def sampling(data: dict, served: ServedModel, prompt_len: int, limits: Limits, d
     if max_tokens is None:
         max_tokens = min(room, limits.max_tokens) if default_max is None else min(default_max, room)
     max_tokens = _number({"max_tokens": max_tokens}, "max_tokens", 16, int, 1, limits.max_tokens)
-    if max_tokens > room:
+    if max_tokens > room and not slide:
         raise RequestError(400, f"the prompt is {prompt_len} tokens and max_tokens={max_tokens}, but this model "
                                 f"reads at most {served.block_size} tokens; ask for at most {room} new ones",
                            "max_tokens", "context_length_exceeded")
@@ -285,7 +287,7 @@ def create_app(runs_dir: str | Path = "runs", device: str = "cpu", limits: Limit
         top = data.get("logprobs")
         top = 0 if top is None else _number(data, "logprobs", 0, int, 0, min(5, limits.max_top_logprobs))
         want_logprobs = data.get("logprobs") is not None
-        s = sampling(data, served, len(prompt), limits, default_max=16, top_logprobs=top)
+        s = sampling(data, served, len(prompt), limits, default_max=16, top_logprobs=top, slide=True)
         gen = Generation(served, prompt, s, gate)
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         echo = text if data.get("echo") else ""

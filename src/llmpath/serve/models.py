@@ -129,7 +129,7 @@ def describe(path: Path, topic: str) -> RunInfo:
     info.checkpoint = which
     info.created = int(ckpt.stat().st_mtime)
     info.model_class = (meta.get("classes") or {}).get("model") or t.model
-    if info.model_class in DECODERS:
+    if info.model_class in DECODERS and topic in TEXT_TOPICS:  # not the captioner's caption-only language model
         info.kind = "chat" if _chats(meta) else "text"
         info.block_size = int(meta["config"].get("model", {}).get("block_size", 0))
     return info

@@ -358,10 +358,10 @@ function onModelChange() {
     }
   });
   renderModelInfo();
-  if (runs.length) {  // prompt + max_tokens must fit in every block_size: keep the default well inside the smaller
-    const block = Math.min(...runs.map(m => m.block_size));
+  if (runs.length) {  // a chat reply must fit in every block_size (a text continuation may slide past it):
+    const block = Math.min(...runs.map(m => m.block_size));  // keep the default well inside the smaller
     const box = $("gen-max-tokens");
-    box.max = block;
+    box.max = runs.every(m => m.kind === "chat") ? block : 1024;
     box.value = Math.min(parseInt(box.value, 10) || 16, Math.max(1, Math.floor(block / 2)));
   }
   resetChat();

@@ -92,7 +92,7 @@ def main() -> None:
     chat_run = first(store, "chat/small-sft", "chat/tiny-sft")
     att_run = first(store, "chat/small-sft", "gpt/small", "chat/tiny-sft", "gpt/tiny")
     pair = (first(store, "chat/small-sft"), first(store, "chat/small-dpo", "chat/small-ppo", "chat/small-grpo"))
-    curve_runs = [r for r in ("gpt/small", "llama/small", "llama/small-moe") if first(store, r)]
+    curve_runs = [r for r in ("gpt/small", "llama/small-llama", "llama/small-moe") if first(store, r)]
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     with background_server(args.runs) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])

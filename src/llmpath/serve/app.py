@@ -256,10 +256,7 @@ def create_app(runs_dir: str | Path = "runs", device: str = "cpu", limits: Limit
         run_id = data.get("model")
         if not isinstance(run_id, str) or not run_id:
             raise RequestError(400, "model is missing; give a run id from GET /v1/models, e.g. 'gpt/small'", "model")
-        try:
-            return store.get(run_id)
-        except UnknownModel as e:
-            raise RequestError(404, str(e), "model", "model_not_found") from None
+        return store.get(run_id)  # an unknown run: UnknownModel, answered 404 model_not_found by `refused`
 
     async def load(data: dict) -> ServedModel:
         return await run_in_threadpool(served_model, data)  # the first request of a run loads it: off the loop
@@ -284,8 +281,7 @@ def create_app(runs_dir: str | Path = "runs", device: str = "cpu", limits: Limit
         served = await load(data)
         text = _prompt_text(data, limits)
         prompt = await run_in_threadpool(served.text_prompt, text)
-        top = data.get("logprobs")
-        top = 0 if top is None else _number(data, "logprobs", 0, int, 0, min(5, limits.max_top_logprobs))
+        top = _number(data, "logprobs", 0, int, 0, min(5, limits.max_top_logprobs))
         want_logprobs = data.get("logprobs") is not None
         s = sampling(data, served, len(prompt), limits, default_max=16, top_logprobs=top, slide=True)
         gen = Generation(served, prompt, s, gate)

@@ -25,6 +25,7 @@ from llmpath.generation import kv_bytes_per_token
 from llmpath.gpt.model import GPT
 from llmpath.llama.model import Llama
 from llmpath.seq2seq.data import BOS, TOKENIZE
+from llmpath.serve.models import encode_text
 from llmpath.seq2seq.translation import TranslationVocab
 from llmpath.tokenizers import Tokenizer, WordPiece
 from llmpath.transformer.model import Transformer
@@ -39,10 +40,7 @@ def _ids(tok, text: str) -> list[int]:
     try:
         if isinstance(tok, TranslationVocab):  # words (or characters) first, then the source side's ids
             return tok.src_vocab.encode(TOKENIZE[tok.src_lang](text))
-        if isinstance(tok, Tokenizer):
-            # special-token text ("<|im_start|>") stays plain text, as the playground's completions read a prompt
-            return tok.encode(text, disallowed_special=())
-        return list(tok.encode(text))
+        return encode_text(tok, text)  # as the playground's completions read a prompt
     except DataError as e:  # a character outside a char vocabulary: the tokenizer's own one-line message
         raise ConfigError(str(e)) from None
 

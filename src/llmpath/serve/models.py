@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import torch
 
+from llmpath.common import read_json
 from llmpath.config import ConfigError
 from llmpath.generation import stream_scored
 from llmpath.runs import Loaded, load_run
@@ -109,12 +110,10 @@ def _chats(meta: dict) -> bool:
 
 
 def describe(path: Path, topic: str) -> RunInfo:
-    import json
-
     results = {}
     if (path / "results.json").exists():
         try:
-            results = json.loads((path / "results.json").read_text())
+            results = read_json(path / "results.json")
         except (OSError, ValueError):
             results = {}
     info = RunInfo(f"{topic}/{path.name}", path, topic, finished=bool(results), results=_scalars(results))
@@ -136,6 +135,14 @@ def describe(path: Path, topic: str) -> RunInfo:
 
 
 # ---------------------------------------------------------------------------------------------------- generation
+
+def encode_text(tok, text: str) -> list[int]:
+    """Ids of plain text, as a completion prompt and the look-inside views read it: a special token's text
+    ("<|im_start|>") stays text, never the token; a char vocabulary refuses a character it lacks (DataError)."""
+    if hasattr(tok, "special_tokens"):  # byte-level BPE
+        return tok.encode(text, disallowed_special=())
+    return list(tok.encode(text))
+
 
 @dataclass
 class Sampling:
@@ -233,9 +240,7 @@ class ServedModel:
         """Ids of a completion prompt; a special token's text is taken as plain text, never as the token."""
         if not text:
             raise ConfigError("the prompt is empty; give some text to continue")
-        if hasattr(self.tok, "special_tokens"):
-            return self.tok.encode(text, disallowed_special=())
-        return self.tok.encode(text)  # a character vocabulary: a character it lacks is a clear DataError
+        return encode_text(self.tok, text)
 
     def chat_prompt(self, messages: list[dict]) -> list[int]:
         """Ids of the conversation in the chat template, with the assistant's turn opened."""

@@ -207,7 +207,7 @@ def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> Stage
 
 
 def smoke() -> str:
-    """Doctor check: the fused and the readable CBOW window mean agree, and the loss starts at K+1 times log 2."""
+    """Doctor check: the fused and the readable CBOW agree (window mean, loss), and the loss starts at (K+1) log 2."""
     torch.manual_seed(0)
     cfg = Word2VecConfig(vocab_size=20, n_embd=8)
     fast, slow = Word2Vec(cfg), Word2Vec(replace(cfg, bag=False))
@@ -216,9 +216,11 @@ def smoke() -> str:
     b = WindowBatch(torch.randint(0, 20, (4,)), ctx, torch.rand(4, 6) > 0.3, torch.randint(0, 20, (4, 5)))
     if not torch.allclose(fast.hidden(b), slow.hidden(b), atol=1e-6):
         raise RuntimeError("fused and readable CBOW window means disagree")
+    if not torch.allclose(loss_fn(fast, b), loss_fn(slow, b), atol=1e-6):
+        raise RuntimeError("the fused CBOW loss and the readable one disagree")
     if abs(loss_fn(fast, b).item() - 6 * np.log(2)) > 1e-4:  # output vectors start at 0: every score is 0
         raise RuntimeError("negative-sampling loss at initialisation is not (1 + K) log 2")
-    return "tiny word2vec ok (fused == readable CBOW mean; initial loss (1+K) log 2)"
+    return "tiny word2vec ok (fused == readable CBOW; initial loss (1+K) log 2)"
 
 
 COMMANDS = {

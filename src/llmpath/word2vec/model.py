@@ -33,8 +33,8 @@ class Word2VecConfig:
     loss: Literal["negative", "softmax"] = opt("negative", "negative sampling, or the full softmax (small vocabularies)")
     cbow_update: Literal["word2vec", "exact"] = opt("word2vec", "CBOW: word2vec hands every context vector the "
                                                     "whole error of the mean; exact: the true gradient, 1/n of it")
-    bag: bool = opt(True, "CBOW's window mean as one fused F.embedding_bag (fast) instead of gather, mask, average",
-                    result=False)
+    bag: bool = opt(True, "CBOW with negative sampling as one fused op with its gradients written out (fast) "
+                    "instead of autograd through gather, mask, average", result=False)
     sparse: bool = opt(False, "sparse embedding gradients (only the rows in the batch), else dense V x C tables",
                        result=False)
 
@@ -83,6 +83,9 @@ def negative_sampling(model: Word2Vec, b) -> torch.Tensor:
     serve all of its pairs (the expected loss is the same, the gathers 2w times smaller); negatives of shape
     (B, 2w, K) give every pair its own, as word2vec does.
     """
+    if model.cfg.arch == "cbow" and model.cfg.bag:  # the same loss and gradients, fused (see FusedCBOW)
+        return FusedCBOW.apply(model.inp.weight, model.out.weight, b.contexts, b.mask, b.centers, b.negatives,
+                               model.cfg.cbow_update == "exact")
     h = model.hidden(b)  # (B, C)
     if model.cfg.arch == "cbow":
         targets = torch.cat([b.centers[:, None], b.negatives], 1)  # (B, 1+K): the word, then the noise words
@@ -98,6 +101,52 @@ def negative_sampling(model: Word2Vec, b) -> torch.Tensor:
     scores = (h[:, None, :] * model.out(targets)).sum(-1)  # (B, 2w+K)
     n = b.mask.sum(1).to(h.dtype)  # (B,) pairs per centre: each pair meets the same K negatives
     return -((F.logsigmoid(scores[:, :W]) * b.mask).sum(1) + n * F.logsigmoid(-scores[:, W:]).sum(1)).mean()
+
+
+class FusedCBOW(torch.autograd.Function):
+    """CBOW's negative-sampling loss as one op whose backward is written out: the fast path (`bag=True`).
+
+    Autograd through gather, mask and average materialises (B, 2w, C) tensors, and the dense backward of an
+    embedding sorts its indices; here the window is packed to its M real words once, and the gradients are
+    closed forms (those of `negative_sampling_grads`) added into the two tables with `index_add_`:
+
+        g_j = s(u_j.h) - 1[j is the centre]   (B, 1+K)   dL/du_j = g_j h    dL/dh = sum_j g_j u_j
+        every context word's input vector gets dL/dh (word2vec) or dL/dh / n (the exact gradient of the mean)
+
+    tests/test_word2vec.py holds it equal to the readable autograd version in value and gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, inp_w, out_w, contexts, mask, centers, negatives, exact: bool):
+        B, W = mask.shape
+        real = mask.flatten().nonzero().squeeze(1)  # (M,) the slots that hold a context word
+        words = contexts.flatten().index_select(0, real)  # (M,) their ids, window after window
+        owner = real.div(W, rounding_mode="floor")  # (M,) the centre each belongs to
+        counts = mask.sum(1)  # (B,)
+        offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])  # where each window starts in `words`
+        n = counts.clamp(min=1).to(inp_w.dtype).unsqueeze(1)  # (B, 1)
+        h = F.embedding_bag(words, inp_w, offsets, mode="sum") / n  # (B, C) the window means
+        targets = torch.cat([centers[:, None], negatives], 1)  # (B, 1+K): the word, then the noise words
+        u = out_w.index_select(0, targets.flatten()).view(B, targets.shape[1], -1)  # (B, 1+K, C)
+        scores = (u * h.unsqueeze(1)).sum(2)  # (B, 1+K)
+        signed = torch.cat([scores[:, :1], -scores[:, 1:]], 1)  # the centre's score up, the noise words' down
+        ctx.save_for_backward(words, owner, n, h, u, scores, targets)
+        ctx.exact, ctx.shapes = exact, (inp_w.shape, out_w.shape)
+        return -F.logsigmoid(signed).sum() / B
+
+    @staticmethod
+    def backward(ctx, grad):
+        words, owner, n, h, u, scores, targets = ctx.saved_tensors
+        B, C = h.shape
+        g = torch.sigmoid(scores)  # (B, 1+K) dL/dscore, before the 1/B of the mean
+        g[:, 0] -= 1
+        g *= grad / B
+        g_out = h.new_zeros(ctx.shapes[1]).index_add_(0, targets.flatten(), (g.unsqueeze(2) * h.unsqueeze(1)).view(-1, C))
+        dh = (g.unsqueeze(2) * u).sum(1)  # (B, C)
+        if ctx.exact:
+            dh = dh / n
+        g_in = h.new_zeros(ctx.shapes[0]).index_add_(0, words, dh.index_select(0, owner))
+        return g_in, g_out, None, None, None, None, None
 
 
 def full_softmax(model: Word2Vec, b) -> torch.Tensor:

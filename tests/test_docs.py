@@ -85,3 +85,13 @@ def test_code_shown_in_a_tutorial_is_the_code_that_runs(path):
     never drifts from the library."""
     for m in SOURCE.finditer(path.read_text(encoding="utf-8")):
         assert m["code"] == source_of(m["file"], m["name"]), f"{path.name}: {m['file']}::{m['name']} changed; copy it again"
+
+
+def test_no_document_holds_a_control_character():
+    # a LaTeX backslash eaten by a Python string: "\times" written as a tab, "\approx" as a bell
+    docs = [*(ROOT / "docs").rglob("*.md"), *ROOT.glob("README*.md"), ROOT / "benchmarks" / "README.md"]
+    assert len(docs) > 15
+    for path in docs:
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            bad = [c for c in line if ord(c) < 32]
+            assert not bad, f"{path.relative_to(ROOT)}:{n} holds {bad!r}"

@@ -1,4 +1,4 @@
-"""Chapter 13's runs: the tiny chain (stage 7's ViT, CLIP, the caption LM, four captioners), the captioner's objective
+"""Chapter 13's runs: the tiny chain (stage 7's ViT and CNN, CLIP, the caption LM, five captioners), the captioner's objective
 and the one-line refusals."""
 
 import pytest
@@ -24,7 +24,7 @@ def chain(tmp_path_factory):
 
 def test_the_tiny_chain_trains_every_run_and_tabulates_them(chain):
     out, res = chain
-    assert set(VARIANTS) <= set(res) and {"clip", "lm", "vit"} <= set(res)
+    assert set(VARIANTS) <= set(res) and {"clip", "lm", "vit", "cnn"} <= set(res)
     table = compare_table(res)
     assert table.count("\n") == 1 + len(VARIANTS) and "zh 完全匹配 %" in table
     trained = {k: res[k]["trained_params"] for k in VARIANTS}
@@ -38,6 +38,25 @@ def test_the_tiny_chain_trains_every_run_and_tabulates_them(chain):
         assert torch.equal(v, vit.state_dict()[k]), k
     again = compare(build_config(CompareRun, ["--preset=tiny", f"--out={out}"], COMPARE_PRESETS))  # finished: reused
     assert again["supervised-trained"]["seconds"] == res["supervised-trained"]["seconds"]
+
+
+def test_the_cnn_tower_reads_each_tile_as_stage_7s_cnn_does(chain):
+    out, res = chain
+    model, _, cfg = load_run(out / "vlm" / "tiny-caption-cnn-trained", topic="vlm")
+    cnn, norm, _ = load_run(out / "vit" / "tiny-mnist-5k-cnn", topic="vit")
+    assert cfg.vision == "cnn" and model.cfg.tower == "cnn" and not hasattr(model, "vit")
+    assert model.cfg.n_image_tokens == 4 and res["cnn-trained"]["trained_params"] < res["scratch-trained"]["params"]
+    for k, v in model.cnn.state_dict().items():  # stage 7's weights, frozen
+        assert torch.equal(v, cnn.state_dict()[k]), k
+    images = cfg.splits()["test"].images[:3]  # (3, 1, 56, 56): 2 x 2 tiles of 28 pixels
+    with torch.no_grad():
+        tokens = model.vision_features(images)  # (3, 4, hidden)
+        x = (images - norm.mean) / norm.std
+        for i, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):  # reading order
+            tile = x[:, :, 28 * r:28 * (r + 1), 28 * c:28 * (c + 1)]
+            torch.testing.assert_close(tokens[:, i], cnn.features(tile))
+            # and the features are what stage 7's classifier reads: its last layer on them gives its logits
+            torch.testing.assert_close(cnn.fc2(tokens[:, i]), cnn(tile))
 
 
 def test_describe_captions_test_scenes_and_draws_the_attention(chain, capsys):

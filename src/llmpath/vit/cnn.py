@@ -52,7 +52,11 @@ class CNN(nn.Module):
         a2 = F.relu(self.conv2(F.max_pool2d(a1, 2)))
         return a1, a2
 
-    def forward(self, x: Tensor) -> Tensor:
+    def features(self, x: Tensor) -> Tensor:
+        """(B, hidden): the last hidden layer, what the classifier reads (stage 13's captioner reads it too)."""
         _, a2 = self.feature_maps(x)
         h = F.max_pool2d(a2, 2).flatten(1)  # (B, c2 * side * side)
-        return self.fc2(self.drop(F.relu(self.fc1(h))))
+        return F.relu(self.fc1(h))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.drop(self.features(x)))

@@ -5,7 +5,7 @@
     llmpath vlm lm                      # the decoder as a language model of the captions (text only)
     llmpath vlm caption                 # CLIP's ViT + projector + the caption LM: only the projector learns
     llmpath vlm caption --decoder=trained --init_from=runs/vlm/small-caption-clip-frozen
-    llmpath vlm compare --workers=2     # all of the above, four captioners, one table
+    llmpath vlm compare --workers=2     # all of the above, five captioners, one table
     llmpath vlm describe --run=runs/vlm/small-caption-clip-trained --num_beams=3
 """
 
@@ -135,7 +135,7 @@ BARS = {"small": 0.8, "tiny": 0.0}  # 2-digit caption exact match of the best ca
 
 
 def tour(preset: str = "small", out: str = "runs", fresh: bool = False) -> StageResult:
-    """Stage 13 of `llmpath tour`: stage 7's ViT, CLIP and the caption LM, then four captioners; the two tables and the
+    """Stage 13 of `llmpath tour`: stage 7's ViT, CLIP and the caption LM, then five captioners; the two tables and the
     figures."""
     cores = 1 if preset == "tiny" else min(2, os.cpu_count() or 1)
     cfg = build_config(CompareRun, [f"--preset={preset}", f"--out={out}", f"--fresh={fresh}", "--threads=1",
@@ -190,7 +190,7 @@ COMMANDS = {
                        examples=("llmpath vlm caption", "llmpath vlm caption --vision=scratch",
                                  "llmpath vlm caption --decoder=trained "
                                  "--init_from=runs/vlm/small-caption-clip-frozen"), presets=CAPTION_PRESETS),
-    "compare": Command(compare_cmd, CompareRun, "CLIP, the caption LM and four captioners; one table",
+    "compare": Command(compare_cmd, CompareRun, "CLIP, the caption LM and five captioners; one table",
                        examples=("llmpath vlm compare --workers=2",), presets=COMPARE_PRESETS),
     "describe": Command(describe, DescribeRun, "caption test scenes with a trained captioner; where each word looks",
                         examples=("llmpath vlm describe --num_beams=3",), presets=CAPTION_PRESETS),

@@ -137,13 +137,15 @@ def run_lm(cfg: CaptionLMRun) -> dict:
 # ------------------------------------------------------------------------------ the captioner
 
 VIT_RUN = "mnist-5k-vit"  # stage 7's ViT on mnist-5k as `llmpath vit compare` names it: <preset>-mnist-5k-vit
+CNN_RUN = "mnist-5k-cnn"  # and its CNN
 
 
 @dataclass
 class CaptionRun(SceneRun):
-    vision: Literal["supervised", "clip", "scratch"] = opt(
+    vision: Literal["supervised", "clip", "scratch", "cnn"] = opt(
         "supervised", "supervised: stage 7's digit classifier (--vit_from), frozen, reading the scene tile by tile; "
-        "clip: the ViT of the CLIP run (--clip_from), frozen; scratch: a new ViT of stage 7's shape, tiled, trained")
+        "clip: the ViT of the CLIP run (--clip_from), frozen; scratch: a new ViT of stage 7's shape, tiled, trained; "
+        "cnn: stage 7's CNN (--cnn_from), frozen, one token per tile")
     decoder: Literal["frozen", "trained"] = opt("frozen", "the caption LM (--lm_from) frozen, so only the projector "
                                                 "(and a scratch ViT) learn: LLaVA stage 1; or trained too: stage 2")
     vision_lr: float = opt(0.0, "a pretrained ViT (supervised or clip) trains too, at this multiple of the learning "
@@ -151,6 +153,7 @@ class CaptionRun(SceneRun):
     lm_from: str = opt("", "caption LM run the decoder starts from (default <out>/vlm/<preset>-lm)")
     clip_from: str = opt("", "CLIP run the ViT comes from with --vision=clip (default <out>/vlm/<preset>-clip)")
     vit_from: str = opt("", f"stage-7 ViT run for --vision=supervised (default <out>/vit/<preset>-{VIT_RUN})")
+    cnn_from: str = opt("", f"stage-7 CNN run for --vision=cnn (default <out>/vit/<preset>-{CNN_RUN})")
     init_from: str = opt("", "captioner run to continue from (LLaVA stage 2 starts from stage 1); its ViT, "
                          "projector and decoder replace the ones above")
     max_new_tokens: int = opt(32, "longest generated caption, in tokens", min=1)
@@ -160,15 +163,28 @@ class CaptionRun(SceneRun):
 
     def source(self, what: str) -> Path:
         preset = self.preset or "small"
-        given = {"lm": self.lm_from, "clip": self.clip_from, "vit": self.vit_from}[what]
-        if what == "vit":
-            return Path(given or Path(self.out) / "vit" / f"{preset}-{VIT_RUN}")
+        given = {"lm": self.lm_from, "clip": self.clip_from, "vit": self.vit_from, "cnn": self.cnn_from}[what]
+        if what in ("vit", "cnn"):
+            return Path(given or Path(self.out) / "vit" / f"{preset}-{VIT_RUN if what == 'vit' else CNN_RUN}")
         return Path(given or Path(self.out) / TOPIC / f"{preset}-{what}")
 
 
 def _vision(cfg: CaptionRun, size: int, channels: int) -> tuple[dict, dict | None]:
-    """(VLMConfig fields for the ViT: its config, tiles and pixel scaling; its weights or None for a new one)."""
+    """(VLMConfig fields for the image encoder: its config, tiles and pixel scaling; its weights or None for a new
+    one)."""
     preset = f"--preset={cfg.preset or 'small'}"
+    if cfg.vision == "cnn":
+        cnn, norm, cnn_cfg = load_run(cfg.source("cnn"), topic="vit", hint=f"llmpath vit compare {preset}")
+        c = cnn_cfg.model.cnn
+        if cnn_cfg.model.arch != "cnn" or size % c.image_size:
+            raise ConfigError(f"{cfg.source('cnn')} is not a CNN whose images tile a {size}-pixel scene; give a "
+                              f"stage-7 CNN run on mnist-5k with --cnn_from")
+        if c.channels != channels:
+            raise ConfigError(f"{cfg.source('cnn')} reads {c.channels}-channel images and these {cfg.kind} scenes "
+                              f"have {channels}; use --vision=scratch")
+        weights = {k: v for k, v in cnn.state_dict().items() if not k.startswith("fc2.")}  # no classes here
+        return {"tower": "cnn", "cnn": replace(c), "tiles": size // c.image_size, "pixel_mean": norm.mean,
+                "pixel_std": norm.std}, weights
     if cfg.vision == "clip":
         clip, _, clip_cfg = load_run(cfg.source("clip"), topic=TOPIC, hint=f"llmpath vlm clip {preset}")
         if not hasattr(clip, "text"):
@@ -214,7 +230,7 @@ def build_captioner(cfg: CaptionRun, tok: CaptionTokenizer, size: int, channels:
     model = VLM(model_cfg)
     model.decoder.load_state_dict(lm.state_dict())  # RoPE tables are not weights: a longer context loads the same
     if vit_state is not None:
-        model.vit.load_state_dict(vit_state)
+        model.tower.load_state_dict(vit_state)
     if cfg.init_from:
         prev, _, prev_cfg = load_run(Path(cfg.init_from), topic=TOPIC, hint="llmpath vlm caption")
         if not isinstance(prev, VLM) or prev_cfg.model != model_cfg:
@@ -228,7 +244,7 @@ def build_captioner(cfg: CaptionRun, tok: CaptionTokenizer, size: int, channels:
 def captioner_optimizer(model: VLM, cfg: CaptionRun) -> torch.optim.AdamW:
     """The shared loop's AdamW groups, the ViT's split off to follow the schedule at --vision_lr times the rate (a
     pretrained encoder trained at the decoder's rate forgets what it knew before the decoder learns to read it)."""
-    vit = {id(p) for p in model.vit.parameters()}
+    vit = {id(p) for p in model.tower.parameters()}
     scale = cfg.vision_lr if cfg.vision != "scratch" and cfg.vision_lr else 1.0
     groups = []
     for g in param_groups(model, cfg.train.weight_decay, cfg.train.decay_embeddings):
@@ -266,7 +282,7 @@ def run_caption(cfg: CaptionRun) -> dict:
     batches = CaptionRows(splits["train"], tok, cfg.train.batch_size, seed=cfg.seed)
     val = CaptionRows(splits["val"], tok, 256).in_order()
     trained, total = count_params(model), count_params(model, trainable_only=False)
-    log.info(f"captioner ({cfg.vision} ViT, {cfg.decoder} decoder): {trained:,} of {total:,} "
+    log.info(f"captioner ({cfg.vision} encoder, {cfg.decoder} decoder): {trained:,} of {total:,} "
              f"parameters train on {len(batches.rows)} captions -> {run.path}")
 
     def evaluate(m: nn.Module) -> dict:
@@ -276,12 +292,12 @@ def run_caption(cfg: CaptionRun) -> dict:
               restore_best=True, optimizer=captioner_optimizer(model, cfg))
     scores = test_scores(model, splits["test"], tok, cfg.max_new_tokens, cfg.num_beams)
     curves = save_fig(training_curves(read_metrics(run.path / "metrics.jsonl"),
-                                      f"描述模型（ViT：{cfg.vision}，解码器：{cfg.decoder}）"), run.figures / "curves.png")
+                                      f"描述模型（图像编码器：{cfg.vision}，解码器：{cfg.decoder}）"), run.figures / "curves.png")
     summary = {"vision": cfg.vision, "decoder": cfg.decoder, "params": total, "trained_params": trained,
                "steps": res.step, "val_loss": res.best, "seconds": round(res.seconds, 1), "test": scores,
                "figures": [curves]}
     summary = run.finish(summary)
-    log.info(f"captioner ({cfg.vision} ViT, {cfg.decoder} decoder): exact match "
+    log.info(f"captioner ({cfg.vision} encoder, {cfg.decoder} decoder): exact match "
              + ", ".join(f"{lang} {scores[lang]['exact_match']:.3f}" for lang in LANGS)
              + f" after {res.step} steps in {res.seconds:.0f} s")
     return summary
@@ -309,12 +325,13 @@ CAPTION_PRESETS: dict[str, dict] = {
 # (vision, decoder): LLaVA's stage 1 (only the projector learns) and the three encoders with the decoder trained
 VARIANTS: dict[str, tuple[str, str]] = {
     "supervised-frozen": ("supervised", "frozen"), "supervised-trained": ("supervised", "trained"),
-    "clip-trained": ("clip", "trained"), "scratch-trained": ("scratch", "trained"),
+    "clip-trained": ("clip", "trained"), "scratch-trained": ("scratch", "trained"), "cnn-trained": ("cnn", "trained"),
 }
 VARIANT_NAMES = {"supervised-frozen": "第 7 章的 ViT（冻结）+ 冻结的解码器：只训练投影层",
                  "supervised-trained": "第 7 章的 ViT（冻结）+ 训练解码器",
                  "clip-trained": "CLIP 的 ViT（冻结）+ 训练解码器",
-                 "scratch-trained": "从零训练的 ViT + 训练解码器"}
+                 "scratch-trained": "从零训练的 ViT + 训练解码器",
+                 "cnn-trained": "第 7 章的 CNN（冻结，每块一个向量）+ 训练解码器"}
 _SHARED = ("preset", "out", "fresh", "threads", "seed", "device")  # the options every run of the chain takes
 
 
@@ -336,13 +353,13 @@ def _job(job: tuple) -> dict:
     from llmpath.vlm.clip import CLIP_PRESETS, CLIPRun, run_clip
 
     kind, args = job
-    if kind == "vit":  # stage 7's ViT on mnist-5k, as `llmpath vit compare` trains it (reused when finished)
+    if kind in ("vit", "cnn"):  # stage 7's ViT or CNN on mnist-5k, as `llmpath vit compare` trains it (reused)
         from llmpath.vit.cli import PRESETS as VIT_PRESETS
         from llmpath.vit.cli import CompareRun as VitCompare
         from llmpath.vit.cli import compare_configs
         from llmpath.vit.experiments import train_classifier
 
-        return train_classifier(compare_configs(build_config(VitCompare, args, VIT_PRESETS))["mnist-5k"]["vit"])
+        return train_classifier(compare_configs(build_config(VitCompare, args, VIT_PRESETS))["mnist-5k"][kind])
     cls, presets, fn = {"lm": (CaptionLMRun, LM_PRESETS, run_lm), "clip": (CLIPRun, CLIP_PRESETS, run_clip)}.get(
         kind, (CaptionRun, CAPTION_PRESETS, run_caption))
     return fn(build_config(cls, args, presets))
@@ -352,17 +369,18 @@ def compare_jobs(cfg: CompareRun) -> tuple[dict[str, tuple], dict[str, tuple[str
     """(jobs, what each waits for): stage 7's ViT, CLIP and the caption LM, then the captioners."""
     shared = [f"--{k}={getattr(cfg, k)}" for k in _SHARED]
     kept = [a for a in shared if not a.startswith("--fresh")]  # stage 7's own run: --fresh is that stage's business
-    jobs: dict[str, tuple] = {"clip": ("clip", shared), "vit": ("vit", kept), "lm": ("lm", shared)}  # longest first
+    jobs: dict[str, tuple] = {"clip": ("clip", shared), "vit": ("vit", kept), "lm": ("lm", shared),
+                              "cnn": ("cnn", kept)}  # longest first
     after: dict[str, tuple[str, ...]] = {}
     for name, (vision, decoder) in VARIANTS.items():
         jobs[name] = (name, [*shared, f"--vision={vision}", f"--decoder={decoder}",
                              f"--max_new_tokens={cfg.max_new_tokens}"])
-        after[name] = ("lm", {"supervised": "vit", "clip": "clip"}.get(vision, "lm"))
+        after[name] = ("lm", {"supervised": "vit", "clip": "clip", "cnn": "cnn"}.get(vision, "lm"))
     return jobs, after
 
 
 def compare(cfg: CompareRun) -> dict:
-    """The caption LM, CLIP and the four captioners (each reused when finished); the table of all of them."""
+    """The caption LM, CLIP and the five captioners (each reused when finished); the table of all of them."""
     from llmpath.common import map_after
 
     setup_logging()

@@ -35,6 +35,8 @@ def config_to_hf(cfg: VLMConfig, image_token_id: int | None = None) -> Any:
     """A transformers.LlavaConfig with our shapes; the image placeholder is the last id unless given."""
     import transformers
 
+    if cfg.tower != "vit":
+        raise ValueError("Llava's vision tower here is a ViT; this model reads images with a CNN (tower='cnn')")
     if cfg.projector != "mlp":
         raise ValueError("Llava's projector is Linear-GELU-Linear; this model has projector='linear'")
     if cfg.tiles != 1:

@@ -13,7 +13,8 @@ Linear-GELU-Linear) to the decoder's width, and the Llama-style decoder of stage
 them as a prefix of N "image tokens" before [bos] caption [eos]. Only the caption positions are predicted.
 LLaVA trains in two stages: first the projector alone, ViT and decoder frozen (`freeze`), then projector and
 decoder together. Generation is the shared llmpath.generation with `prefix=`; vlm/hf.py maps the weights to and
-from `transformers.LlavaForConditionalGeneration`.
+from `transformers.LlavaForConditionalGeneration`. The tower is swappable (`tower="cnn"`): stage 7's CNN gives one
+token per image tile, its last hidden layer, which shows how much of a caption the encoder alone decides.
 """
 
 from __future__ import annotations
@@ -29,16 +30,20 @@ from llmpath.config import ConfigError, opt
 from llmpath.generation import beam_search, generate
 from llmpath.llama.model import Llama, LlamaConfig
 from llmpath.train import unwrap
+from llmpath.vit.cnn import CNN, CNNConfig
 from llmpath.vit.model import ViT, ViTConfig
 
 
 @dataclass
 class VLMConfig:
+    tower: Literal["vit", "cnn"] = opt("vit", "the image encoder: vit (its patch tokens), or cnn: stage 7's "
+                                       "LeNet-style CNN, one token per image (tile): its last hidden layer")
     vit: ViTConfig = opt(ViTConfig(image_size=56, patch_size=7, n_layer=4, n_head=4, n_embd=64, n_ff=128),
                          "the image encoder (its classification head is not used)")
     decoder: LlamaConfig = opt(LlamaConfig(block_size=96, n_layer=2, n_head=4, n_embd=128),
                                "the text decoder (vocab_size set from the tokenizer); block_size counts the "
                                "image tokens")
+    cnn: CNNConfig = opt(CNNConfig(), "the image encoder with --tower=cnn (its classification layer is not used)")
     projector: Literal["mlp", "linear"] = opt("mlp", "mlp: Linear-GELU-Linear (LLaVA-1.5); linear: one layer (LLaVA)")
     feature_layer: int = opt(-1, "ViT hidden state fed to the projector: 0 = embeddings, i = after layer i, "
                                  "-1 = the last layer (before the final LayerNorm), as Llava's vision_feature_layer")
@@ -51,18 +56,29 @@ class VLMConfig:
     pixel_std: float = opt(1.0, "see pixel_mean", above=0)
 
     @property
+    def grid(self) -> int:
+        """Image tokens per side of one tile: the ViT's patch grid; the CNN gives one token."""
+        return self.vit.grid if self.tower == "vit" else 1
+
+    @property
     def n_image_tokens(self) -> int:
-        """Patches, plus the [CLS] token when it is kept."""
-        return self.tiles ** 2 * (self.vit.n_patches + (self.vit.pool == "cls" and not self.drop_cls))
+        """Patches, plus the [CLS] token when it is kept (one token per tile with the CNN)."""
+        cls = self.tower == "vit" and self.vit.pool == "cls" and not self.drop_cls
+        return self.tiles ** 2 * (self.grid ** 2 + cls)
 
     @property
     def image_size(self) -> int:
-        """Side of the images the captioner reads: the ViT's, times the tiles per side."""
-        return self.vit.image_size * self.tiles
+        """Side of the images the captioner reads: the encoder's, times the tiles per side."""
+        return (self.vit if self.tower == "vit" else self.cnn).image_size * self.tiles
+
+    @property
+    def n_features(self) -> int:
+        """Width of one image token before the projector."""
+        return self.vit.n_embd if self.tower == "vit" else self.cnn.hidden
 
     def check(self) -> None:
         n = self.vit.n_layer
-        if not -(n + 1) <= self.feature_layer <= n:
+        if self.tower == "vit" and not -(n + 1) <= self.feature_layer <= n:
             raise ConfigError(f"--feature_layer={self.feature_layer} is not a hidden state of a {n}-layer ViT; "
                               f"choose 0..{n} (or -1 for the last layer)")
         if self.decoder.block_size < self.n_image_tokens + 2:
@@ -96,20 +112,31 @@ class VLM(nn.Module):
         super().__init__()
         cfg.check()
         self.cfg = cfg
-        self.vit = ViT(cfg.vit)
-        self.vit.head = nn.Identity()  # no classes here (and the same state dict as CLIP's ViT, for pretraining)
-        self.projector = Projector(cfg.vit.n_embd, cfg.decoder.n_embd, cfg.projector)
+        if cfg.tower == "vit":
+            self.vit = ViT(cfg.vit)
+            self.vit.head = nn.Identity()  # no classes here (and the same state dict as CLIP's ViT, for pretraining)
+        else:
+            self.cnn = CNN(cfg.cnn)
+            self.cnn.fc2 = nn.Identity()  # no classes here either: features() stops before it
+        self.projector = Projector(cfg.n_features, cfg.decoder.n_embd, cfg.projector)
         self.decoder = Llama(cfg.decoder)
         self.frozen = {"vision": False, "decoder": False}
 
+    @property
+    def tower(self) -> nn.Module:
+        """The image encoder, ViT or CNN."""
+        return self.vit if self.cfg.tower == "vit" else self.cnn
+
     def vision_features(self, images: Tensor) -> Tensor:
         """(B, C, S, S) -> (B, N, vit n_embd): hidden state `feature_layer` of the ViT, [CLS] dropped or kept; with
-        tiles > 1, the tiles' tokens one tile after another, row by row."""
+        tiles > 1, the tiles' tokens one tile after another, row by row. The CNN: (B, tiles^2, hidden)."""
         x = (images - self.cfg.pixel_mean) / self.cfg.pixel_std
         t, B = self.cfg.tiles, len(images)
         if t > 1:  # (B, C, t*s, t*s) -> (B*t*t, C, s, s): every tile an image of its own
-            s = self.cfg.vit.image_size
+            s = self.cfg.image_size // t
             x = x.unflatten(2, (t, s)).unflatten(4, (t, s)).permute(0, 2, 4, 1, 3, 5).flatten(0, 2)
+        if self.cfg.tower == "cnn":
+            return self.cnn.features(x).reshape(B, t * t, -1)  # one vector per tile, what its classifier read
         h = self.vit.tokens(x)  # (B*t*t, 1 + n_patches, C)
         n_run = self.cfg.feature_layer % (self.cfg.vit.n_layer + 1)  # hidden states: embeddings, layer 1, ..., n
         for layer in self.vit.layers[:n_run]:
@@ -127,16 +154,16 @@ class VLM(nn.Module):
         return self.decoder(idx, targets, prefix=self.image_prefix(images))
 
     def freeze(self, vision: bool = True, decoder: bool = True) -> VLM:
-        """Stop training the ViT and/or the decoder (LLaVA stage 1: both, so only the projector learns)."""
+        """Stop training the image encoder and/or the decoder (LLaVA stage 1: both, so only the projector learns)."""
         self.frozen = {"vision": vision, "decoder": decoder}
-        for part, frozen in ((self.vit, vision), (self.decoder, decoder)):
+        for part, frozen in ((self.tower, vision), (self.decoder, decoder)):
             part.requires_grad_(not frozen)
         return self.train(self.training)
 
     def train(self, mode: bool = True) -> VLM:
         """As nn.Module.train, but frozen parts stay in eval mode: no dropout where nothing learns."""
         super().train(mode)
-        for part, name in ((self.vit, "vision"), (self.decoder, "decoder")):
+        for part, name in ((self.tower, "vision"), (self.decoder, "decoder")):
             if self.frozen[name]:
                 part.eval()
         return self
@@ -200,7 +227,7 @@ def caption_attention(model: VLM, image: Tensor, ids: Tensor | list[int], layer:
     finally:
         model.train(was)
     w = torch.stack(maps if layer is None else [maps[layer]]).mean((0, 2))[0]  # (N + T, N + T)
-    N, t, g = prefix.shape[1], model.cfg.tiles, model.cfg.vit.grid
+    N, t, g = prefix.shape[1], model.cfg.tiles, model.cfg.grid
     w = w[N:, :N].float().cpu().unflatten(1, (t * t, -1))  # (T, tiles, tokens per tile)
     n_cls = w.shape[2] - g * g  # 1 when a [CLS] token was kept
     w = w[..., n_cls:] + w[..., :n_cls].sum(-1, keepdim=True) / (g * g)

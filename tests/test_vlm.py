@@ -1,5 +1,5 @@
-"""Chapter 13's runs: the tiny chain (stage 7's ViT and CNN, CLIP, the caption LM, five captioners), the captioner's objective
-and the one-line refusals."""
+"""Chapter 13's runs: the tiny chain (stage 7's ViT and CNN, CLIP, the caption LM, five captioners), the captioner's
+objective and the one-line refusals."""
 
 import pytest
 import torch

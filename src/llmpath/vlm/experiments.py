@@ -148,8 +148,8 @@ class CaptionRun(SceneRun):
         "cnn: stage 7's CNN (--cnn_from), frozen, one token per tile")
     decoder: Literal["frozen", "trained"] = opt("frozen", "the caption LM (--lm_from) frozen, so only the projector "
                                                 "(and a scratch ViT) learn: LLaVA stage 1; or trained too: stage 2")
-    vision_lr: float = opt(0.0, "a pretrained ViT (supervised or clip) trains too, at this multiple of the learning "
-                           "rate (0: frozen, as LLaVA keeps it)", min=0)
+    vision_lr: float = opt(0.0, "a pretrained encoder (supervised, clip or cnn) trains too, at this multiple of the "
+                           "learning rate (0: frozen, as LLaVA keeps it)", min=0)
     lm_from: str = opt("", "caption LM run the decoder starts from (default <out>/vlm/<preset>-lm)")
     clip_from: str = opt("", "CLIP run the ViT comes from with --vision=clip (default <out>/vlm/<preset>-clip)")
     vit_from: str = opt("", f"stage-7 ViT run for --vision=supervised (default <out>/vit/<preset>-{VIT_RUN})")
@@ -242,14 +242,15 @@ def build_captioner(cfg: CaptionRun, tok: CaptionTokenizer, size: int, channels:
 
 
 def captioner_optimizer(model: VLM, cfg: CaptionRun) -> torch.optim.AdamW:
-    """The shared loop's AdamW groups, the ViT's split off to follow the schedule at --vision_lr times the rate (a
-    pretrained encoder trained at the decoder's rate forgets what it knew before the decoder learns to read it)."""
-    vit = {id(p) for p in model.tower.parameters()}
+    """The shared loop's AdamW groups, the image encoder's split off to follow the schedule at --vision_lr times the
+    rate (a pretrained encoder trained at the decoder's rate forgets what it knew before the decoder learns to read
+    it)."""
+    tower = {id(p) for p in model.tower.parameters()}
     scale = cfg.vision_lr if cfg.vision != "scratch" and cfg.vision_lr else 1.0
     groups = []
     for g in param_groups(model, cfg.train.weight_decay, cfg.train.decay_embeddings):
-        for part_scale, params in ((1.0, [p for p in g["params"] if id(p) not in vit]),
-                                   (scale, [p for p in g["params"] if id(p) in vit])):
+        for part_scale, params in ((1.0, [p for p in g["params"] if id(p) not in tower]),
+                                   (scale, [p for p in g["params"] if id(p) in tower])):
             if params:
                 groups.append({**g, "params": params, "lr_scale": part_scale})
     return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2))

@@ -106,6 +106,15 @@ def test_missing_or_mismatched_sources_are_refused_in_one_line(tmp_path, chain):
         run_caption(build_config(CaptionRun, [*TINY, "--vision=clip", f"--out={out}", "--name=other",
                                               f"--init_from={out / 'vlm' / 'tiny-lm'}"],
                                  CAPTION_PRESETS))
+    # the CNN tower: a missing run, a run that is not a CNN, scenes of another channel count
+    with pytest.raises(ConfigError, match="llmpath vit compare"):
+        run_caption(build_config(CaptionRun, [*TINY, f"--out={tmp_path}", "--vision=cnn"], CAPTION_PRESETS))
+    with pytest.raises(ConfigError, match="is not a CNN whose images tile a 56-pixel scene"):
+        run_caption(build_config(CaptionRun, [*TINY, f"--out={out}", "--vision=cnn", "--name=not-cnn",
+                                              f"--cnn_from={out / 'vit' / 'tiny-mnist-5k-vit'}"], CAPTION_PRESETS))
+    with pytest.raises(ConfigError, match="1-channel images and these shapes scenes have 3"):
+        run_caption(build_config(CaptionRun, [*TINY, f"--out={out}", "--vision=cnn", "--kind=shapes",
+                                              "--name=shapes-cnn"], CAPTION_PRESETS))
 
 
 def test_every_command_is_declared_and_the_doctor_check_passes():

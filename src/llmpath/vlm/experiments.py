@@ -136,8 +136,7 @@ def run_lm(cfg: CaptionLMRun) -> dict:
 
 # ------------------------------------------------------------------------------ the captioner
 
-VIT_RUN = "mnist-5k-vit"  # stage 7's ViT on mnist-5k as `llmpath vit compare` names it: <preset>-mnist-5k-vit
-CNN_RUN = "mnist-5k-cnn"  # and its CNN
+STAGE7_RUN = "mnist-5k"  # stage 7's classifiers as `llmpath vit compare` names them: <preset>-mnist-5k-<vit|cnn>
 
 
 @dataclass
@@ -152,8 +151,8 @@ class CaptionRun(SceneRun):
                            "learning rate (0: frozen, as LLaVA keeps it)", min=0)
     lm_from: str = opt("", "caption LM run the decoder starts from (default <out>/vlm/<preset>-lm)")
     clip_from: str = opt("", "CLIP run the ViT comes from with --vision=clip (default <out>/vlm/<preset>-clip)")
-    vit_from: str = opt("", f"stage-7 ViT run for --vision=supervised (default <out>/vit/<preset>-{VIT_RUN})")
-    cnn_from: str = opt("", f"stage-7 CNN run for --vision=cnn (default <out>/vit/<preset>-{CNN_RUN})")
+    vit_from: str = opt("", f"stage-7 ViT run for --vision=supervised (default <out>/vit/<preset>-{STAGE7_RUN}-vit)")
+    cnn_from: str = opt("", f"stage-7 CNN run for --vision=cnn (default <out>/vit/<preset>-{STAGE7_RUN}-cnn)")
     init_from: str = opt("", "captioner run to continue from (LLaVA stage 2 starts from stage 1); its ViT, "
                          "projector and decoder replace the ones above")
     max_new_tokens: int = opt(32, "longest generated caption, in tokens", min=1)
@@ -165,26 +164,34 @@ class CaptionRun(SceneRun):
         preset = self.preset or "small"
         given = {"lm": self.lm_from, "clip": self.clip_from, "vit": self.vit_from, "cnn": self.cnn_from}[what]
         if what in ("vit", "cnn"):
-            return Path(given or Path(self.out) / "vit" / f"{preset}-{VIT_RUN if what == 'vit' else CNN_RUN}")
+            return Path(given or Path(self.out) / "vit" / f"{preset}-{STAGE7_RUN}-{what}")
         return Path(given or Path(self.out) / TOPIC / f"{preset}-{what}")
+
+
+STAGE7 = {"vit": ("ViT", "head.", " (or --vision=clip)"), "cnn": ("CNN", "fc2.", "")}  # name, class layer, advice
+
+
+def _stage7(cfg: CaptionRun, arch: str, size: int, channels: int) -> tuple[dict, dict]:
+    """_vision for stage 7's classifiers: the ViT or the CNN of `llmpath vit compare`, its class layer left out."""
+    name, head, advice = STAGE7[arch]
+    model, norm, run_cfg = load_run(cfg.source(arch), topic="vit",
+                                    hint=f"llmpath vit compare --preset={cfg.preset or 'small'}")
+    c = getattr(run_cfg.model, arch)
+    if run_cfg.model.arch != arch or size % c.image_size:
+        raise ConfigError(f"{cfg.source(arch)} is not a {name} whose images tile a {size}-pixel scene; give a "
+                          f"stage-7 {name} run on mnist-5k with --{arch}_from")
+    if c.channels != channels:
+        raise ConfigError(f"{cfg.source(arch)} reads {c.channels}-channel images and these {cfg.kind} scenes have "
+                          f"{channels}; use --vision=scratch{advice}")
+    weights = {k: v for k, v in model.state_dict().items() if not k.startswith(head)}  # no classes here
+    return {"tower": arch, arch: replace(c), "tiles": size // c.image_size, "pixel_mean": norm.mean,
+            "pixel_std": norm.std}, weights
 
 
 def _vision(cfg: CaptionRun, size: int, channels: int) -> tuple[dict, dict | None]:
     """(VLMConfig fields for the image encoder: its config, tiles and pixel scaling; its weights or None for a new
     one)."""
     preset = f"--preset={cfg.preset or 'small'}"
-    if cfg.vision == "cnn":
-        cnn, norm, cnn_cfg = load_run(cfg.source("cnn"), topic="vit", hint=f"llmpath vit compare {preset}")
-        c = cnn_cfg.model.cnn
-        if cnn_cfg.model.arch != "cnn" or size % c.image_size:
-            raise ConfigError(f"{cfg.source('cnn')} is not a CNN whose images tile a {size}-pixel scene; give a "
-                              f"stage-7 CNN run on mnist-5k with --cnn_from")
-        if c.channels != channels:
-            raise ConfigError(f"{cfg.source('cnn')} reads {c.channels}-channel images and these {cfg.kind} scenes "
-                              f"have {channels}; use --vision=scratch")
-        weights = {k: v for k, v in cnn.state_dict().items() if not k.startswith("fc2.")}  # no classes here
-        return {"tower": "cnn", "cnn": replace(c), "tiles": size // c.image_size, "pixel_mean": norm.mean,
-                "pixel_std": norm.std}, weights
     if cfg.vision == "clip":
         clip, _, clip_cfg = load_run(cfg.source("clip"), topic=TOPIC, hint=f"llmpath vlm clip {preset}")
         if not hasattr(clip, "text"):
@@ -195,17 +202,8 @@ def _vision(cfg: CaptionRun, size: int, channels: int) -> tuple[dict, dict | Non
                               f"have {channels}; use --vision=scratch")
         return {"vit": replace(m.vit), "tiles": size // m.vit.image_size, "pixel_mean": m.pixel_mean,
                 "pixel_std": m.pixel_std}, clip.vit.state_dict()
-    if cfg.vision == "supervised":
-        vit, norm, vit_cfg = load_run(cfg.source("vit"), topic="vit", hint=f"llmpath vit compare {preset}")
-        if vit_cfg.model.arch != "vit" or size % vit_cfg.model.vit.image_size:
-            raise ConfigError(f"{cfg.source('vit')} is not a ViT whose images tile a {size}-pixel scene; give a "
-                              f"stage-7 ViT run on mnist-5k with --vit_from")
-        if vit_cfg.model.vit.channels != channels:
-            raise ConfigError(f"{cfg.source('vit')} reads {vit_cfg.model.vit.channels}-channel images and these "
-                              f"{cfg.kind} scenes have {channels}; use --vision=scratch (or --vision=clip)")
-        weights = {k: v for k, v in vit.state_dict().items() if not k.startswith("head.")}  # no classes here
-        return {"vit": replace(vit_cfg.model.vit), "tiles": size // vit_cfg.model.vit.image_size,
-                "pixel_mean": norm.mean, "pixel_std": norm.std}, weights
+    if cfg.vision in ("supervised", "cnn"):
+        return _stage7(cfg, "vit" if cfg.vision == "supervised" else "cnn", size, channels)
     train = cfg.splits()["train"].images
     tiles = cfg.model.tiles
     if size % tiles:
